@@ -1,0 +1,1 @@
+"""numba.cuda kernels and their host drivers, one file per op."""

@@ -1,0 +1,125 @@
+"""Input checks for the public boundary.
+
+Every public entry point validates here and raises ``ValueError`` naming the argument, what was
+wrong and how to fix it. Kernels never validate: they assume what these helpers guarantee
+(C-contiguous arrays of the stated dtype and shape).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+BACKENDS = ("numpy", "cpu", "cuda")
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, np.ndarray):
+        return f"an array of shape {x.shape} and dtype {x.dtype}"
+    return f"a {type(x).__name__}"
+
+
+def as_float_array(
+    name: str,
+    x: npt.ArrayLike,
+    *,
+    ndim: int | None = None,
+    last: int | None = None,
+    dtype: npt.DTypeLike = np.float32,
+    finite: bool = False,
+) -> npt.NDArray[Any]:
+    """Return ``x`` as a C-contiguous float array of ``dtype``, checking rank and last axis.
+
+    Integer and bool inputs are converted; complex, object and string inputs are rejected.
+    """
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "fiub":
+        raise ValueError(
+            f"{name} must be a real numeric array, got {_describe(arr)}; "
+            f"pass a float32 array (e.g. np.asarray({name}, dtype=np.float32))"
+        )
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(
+            f"{name} must have {ndim} dimensions, got shape {arr.shape}; "
+            f"reshape it to {_shape_hint(ndim, last)}"
+        )
+    if last is not None and (arr.ndim == 0 or arr.shape[-1] != last):
+        raise ValueError(
+            f"{name} must have {last} values on its last axis, got shape {arr.shape}; "
+            f"reshape it to {_shape_hint(arr.ndim, last)}"
+        )
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    if finite and arr.size and not np.isfinite(arr).all():
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise ValueError(
+            f"{name} contains {bad} non-finite value(s) (NaN or inf); "
+            f"remove or replace them (e.g. with np.nan_to_num) before calling"
+        )
+    return arr
+
+
+def _shape_hint(ndim: int | None, last: int | None) -> str:
+    if ndim is None:
+        return f"[..., {last}]" if last is not None else "the documented shape"
+    dims = ["N", "M", "K", "L", "P", "Q"][: max(ndim - 1, 0)]
+    tail = str(last) if last is not None else "C"
+    return "[" + ", ".join([*dims, tail]) + "]" if ndim > 0 else "a scalar"
+
+
+def as_boxes(name: str, boxes: npt.ArrayLike, *, finite: bool = True) -> npt.NDArray[np.float32]:
+    """``boxes`` as float32 ``[N, 4]``, finite unless ``finite=False``."""
+    return as_float_array(name, boxes, ndim=2, last=4, finite=finite)
+
+
+def as_scores(name: str, scores: npt.ArrayLike, n: int, boxes_name: str = "boxes") -> npt.NDArray[np.float32]:
+    """``scores`` as float32 ``[N]`` matching ``n`` boxes."""
+    arr = as_float_array(name, scores, ndim=1)
+    if arr.shape[0] != n:
+        raise ValueError(
+            f"{name} has {arr.shape[0]} entries but {boxes_name} has {n} rows; "
+            f"pass one score per box"
+        )
+    return arr
+
+
+def check_unit_interval(name: str, value: float) -> float:
+    """A threshold that must lie in [0, 1]."""
+    v = float(value)
+    if not (0.0 <= v <= 1.0):
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}; pass a value such as 0.5")
+    return v
+
+
+def check_positive_int(name: str, value: Any, *, allow_zero: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    v = int(value)
+    if v < 0 or (v == 0 and not allow_zero):
+        lo = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name} must be a {lo} integer, got {value!r}")
+    return v
+
+
+def check_size_pair(name: str, value: int | Sequence[int]) -> tuple[int, int]:
+    """An (height, width) pair of positive ints; a single int means a square."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        v = check_positive_int(name, value)
+        return v, v
+    try:
+        items = list(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError(f"{name} must be an int or a pair (height, width), got {value!r}") from None
+    if len(items) != 2:
+        raise ValueError(f"{name} must be a pair (height, width), got {value!r}")
+    return check_positive_int(name, items[0]), check_positive_int(name, items[1])
+
+
+def check_backend(backend: str, allowed: Sequence[str] = BACKENDS) -> str:
+    if backend not in allowed:
+        raise ValueError(
+            f"backend must be one of {', '.join(repr(b) for b in allowed)}, got {backend!r}"
+        )
+    return backend

@@ -1,0 +1,34 @@
+"""npfrcnn's ops: one front door per op.
+
+Each front door validates its input (``ValueError`` naming the argument and the fix), handles
+empty input, and dispatches to a backend: ``"numpy"`` runs the readable reference,
+``"cpu"`` the Numba kernel in ``npfrcnn.kernels.cpu`` and ``"cuda"`` the numba.cuda kernel in
+``npfrcnn.kernels.cuda``. Every backend computes the same function.
+"""
+
+from npfrcnn.ops.conv import conv2d
+from npfrcnn.ops.crop_and_resize import crop_and_pool, crop_and_resize
+from npfrcnn.ops.layers import batch_norm, dense, max_pool2d, mean, relu, relu6, softmax
+from npfrcnn.ops.nms import batched_nms, nms, soft_nms
+from npfrcnn.ops.roi_align import roi_align
+from npfrcnn.ops.roi_pool import roi_pool
+from npfrcnn.ops.topk import top_k
+
+__all__ = [
+    "batch_norm",
+    "batched_nms",
+    "conv2d",
+    "crop_and_pool",
+    "crop_and_resize",
+    "dense",
+    "max_pool2d",
+    "mean",
+    "nms",
+    "relu",
+    "relu6",
+    "roi_align",
+    "roi_pool",
+    "soft_nms",
+    "softmax",
+    "top_k",
+]

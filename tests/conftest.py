@@ -1,0 +1,85 @@
+"""Shared test set-up.
+
+Hypothesis profiles (choose with HYPOTHESIS_PROFILE=...):
+  ci        default: derandomized (a fixed set of examples every run), 40 examples per test
+  dev       random examples, 100 per test
+  thorough  random examples, 1,000 per test (minutes)
+
+Markers:
+  slow  full-depth models and large budgets; skipped unless --run-slow is given
+  gpu   needs a real CUDA GPU (not the simulator); skipped without one
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# TensorFlow is the numerical reference: keep oneDNN's reordered float arithmetic off, and quiet.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+)
+settings.register_profile(
+    "dev", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "thorough", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
+
+
+def _real_gpu() -> bool:
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        return False
+    try:
+        from numba import cuda
+
+        return bool(cuda.is_available())
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    run_slow = config.getoption("--run-slow")
+    gpu = None
+    for item in items:
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(pytest.mark.skip(reason="slow: run with --run-slow"))
+        if "gpu" in item.keywords:
+            if gpu is None:
+                gpu = _real_gpu()
+            if not gpu:
+                item.add_marker(pytest.mark.skip(reason="needs a real CUDA GPU"))
+
+
+@pytest.fixture(scope="session")
+def tf():
+    """TensorFlow (CPU), imported once; tests that need it skip if it is not installed."""
+    tf = pytest.importorskip("tensorflow")
+    tf.config.set_visible_devices([], "GPU")
+    return tf
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """../shared beside the checkout; tests that need it skip cleanly when it is absent."""
+    if not SHARED.is_dir():
+        pytest.skip("../shared is absent (a fresh clone has no shared data)")
+    return SHARED

@@ -1,0 +1,1 @@
+"""Weights: the HDF5 format, converters and the TensorFlow reference exporter."""
