@@ -74,7 +74,9 @@ def as_boxes(name: str, boxes: npt.ArrayLike, *, finite: bool = True) -> npt.NDA
     return as_float_array(name, boxes, ndim=2, last=4, finite=finite)
 
 
-def as_scores(name: str, scores: npt.ArrayLike, n: int, boxes_name: str = "boxes") -> npt.NDArray[np.float32]:
+def as_scores(
+    name: str, scores: npt.ArrayLike, n: int, boxes_name: str = "boxes"
+) -> npt.NDArray[np.float32]:
     """``scores`` as float32 ``[N]`` matching ``n`` boxes."""
     arr = as_float_array(name, scores, ndim=1)
     if arr.shape[0] != n:
@@ -111,7 +113,9 @@ def check_size_pair(name: str, value: int | Sequence[int]) -> tuple[int, int]:
     try:
         items = list(value)  # type: ignore[arg-type]
     except TypeError:
-        raise ValueError(f"{name} must be an int or a pair (height, width), got {value!r}") from None
+        raise ValueError(
+            f"{name} must be an int or a pair (height, width), got {value!r}"
+        ) from None
     if len(items) != 2:
         raise ValueError(f"{name} must be a pair (height, width), got {value!r}")
     return check_positive_int(name, items[0]), check_positive_int(name, items[1])
