@@ -51,7 +51,7 @@ def as_float_array(
             f"{name} must have {last} values on its last axis, got shape {arr.shape}; "
             f"reshape it to {_shape_hint(arr.ndim, last)}"
         )
-    arr = np.ascontiguousarray(arr, dtype=dtype)
+    arr = np.asarray(arr, dtype=dtype, order="C")  # keeps 0-d arrays 0-d
     if finite and arr.size and not np.isfinite(arr).all():
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
         raise ValueError(

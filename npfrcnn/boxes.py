@@ -21,8 +21,9 @@ Box coder (spec 1.3, 2.4, 3.3, 4.4, 5.5)
 
     ``variances`` multiply deltas at decode and divide them at encode (workshop
     ``[0.1, 0.1, 0.2, 0.2]``, Luminoth ``[0.1, 0.2]`` = ``[0.1, 0.1, 0.2, 0.2]``).
-    ``scale_factors`` are their reciprocals (TF OD API / Detectron2 ``[10, 10, 5, 5]``); pass one
-    or the other. Both are given in ``(x, y, w, h)`` order here: TF OD API's ``(ty, tx, th, tw)``
+    ``scale_factors`` are their reciprocals (TF OD API / Detectron2 ``[10, 10, 5, 5]``): deltas
+    are divided by them at decode and multiplied at encode (never via a rounded ``1 / s``, so
+    float32 results match those systems bit for bit); pass one or the other. Both are given in ``(x, y, w, h)`` order here: TF OD API's ``(ty, tx, th, tw)``
     layout is a converter's business, not the coder's.
 
 All functions are pure NumPy, keep the input float dtype (float32 in, float32 out) and accept
@@ -110,26 +111,30 @@ def iou(boxes1: npt.ArrayLike, boxes2: npt.ArrayLike, *, plus_one: bool = False)
     return out
 
 
-def _variances(
+def _coder_weights(
     variances: Sequence[float] | None, scale_factors: Sequence[float] | None, dtype: np.dtype
-) -> FloatArray | None:
+) -> tuple[FloatArray, bool] | None:
+    """The 4 coder weights and whether they are variances (``True``) or scale factors.
+
+    They are kept as given, never inverted: variances multiply at decode and divide at encode,
+    scale factors divide at decode (TF OD API ``ty /= 10``, Detectron2 ``dx / wx``) and multiply
+    at encode, so each system's float32 rounding is reproduced exactly.
+    """
     if variances is not None and scale_factors is not None:
         raise ValueError("pass either variances or scale_factors, not both")
     if variances is None and scale_factors is None:
         return None
+    name = "variances" if variances is not None else "scale_factors"
     raw = np.asarray(variances if variances is not None else scale_factors, dtype=np.float64)
     if raw.shape == (2,):
         raw = np.array([raw[0], raw[0], raw[1], raw[1]])
     if raw.shape != (4,):
-        name = "variances" if variances is not None else "scale_factors"
         raise ValueError(
             f"{name} must have 2 values (xy, wh) or 4 values (x, y, w, h), got {raw.tolist()}"
         )
     if not (np.isfinite(raw).all() and (raw > 0).all()):
-        name = "variances" if variances is not None else "scale_factors"
         raise ValueError(f"{name} must be positive and finite, got {raw.tolist()}")
-    v = raw if variances is not None else 1.0 / raw
-    return v.astype(dtype)
+    return raw.astype(dtype), variances is not None
 
 
 def _width_centre(b: FloatArray, one: np.floating) -> tuple[FloatArray, ...]:
@@ -177,9 +182,10 @@ def encode(
         deltas = np.stack(
             [(gcx - acx) / aw, (gcy - acy) / ah, np.log(gw / aw), np.log(gh / ah)], axis=1
         ).astype(dtype, copy=False)
-    v = _variances(variances, scale_factors, dtype)
-    if v is not None:
-        deltas = deltas / v
+    weights = _coder_weights(variances, scale_factors, dtype)
+    if weights is not None:
+        w, are_variances = weights
+        deltas = deltas / w if are_variances else deltas * w
     return deltas
 
 
@@ -198,7 +204,7 @@ def decode(
     The arithmetic order is the workshop's (``faster.py::decode`` after
     ``bbox_pred * TARGET_VARIANCES``), which is what float32 parity with TF needs::
 
-        d = deltas * variances;  w = x2 - x1 (+1);  cx = x1 + 0.5 * w
+        d = deltas * variances (or / scale_factors);  w = x2 - x1 (+1);  cx = x1 + 0.5 * w
         cx' = dx * w + cx;  w' = exp(dw) * w;  x1' = cx' - 0.5 * w';  x2' = cx' + 0.5 * w' (- 1)
 
     Args:
@@ -226,9 +232,10 @@ def decode(
     dtype = np.result_type(a.dtype, d.dtype)
     a = a.astype(dtype, copy=False)
     d = d.astype(dtype, copy=False)
-    v = _variances(variances, scale_factors, dtype)
-    if v is not None:
-        d = d * v
+    weights = _coder_weights(variances, scale_factors, dtype)
+    if weights is not None:
+        cw, are_variances = weights
+        d = d * cw if are_variances else d / cw
     one = _offset(plus_one, dtype)
     w, h, cx, cy = _width_centre(a, one)
     dx, dy, dw, dh = d[:, 0], d[:, 1], d[:, 2], d[:, 3]

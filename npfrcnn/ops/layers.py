@@ -1,8 +1,232 @@
-"""Layers. PLACEHOLDER: being written."""
-def batch_norm(x, mean, variance, offset, scale, variance_epsilon=1e-5): raise NotImplementedError
-def max_pool2d(x, ksize, strides, padding="VALID"): raise NotImplementedError
-def relu(x): raise NotImplementedError
-def relu6(x): raise NotImplementedError
-def dense(x, kernel, bias=None): raise NotImplementedError
-def softmax(x, axis=-1): raise NotImplementedError
-def mean(x, axis=(1, 2)): raise NotImplementedError
+"""Elementwise and small dense layers, with TensorFlow's arithmetic order.
+
+All take and return float32 (other real dtypes are converted), NHWC where spatial. They are
+pure NumPy: each is a handful of vectorised ufunc calls, which is already memory-bound, so
+there is no separate Numba kernel.
+
+Parity with TF (CPU, oneDNN off), measured and asserted in ``tests/test_layers.py``:
+
+* ``batch_norm``: the same operations in the same order as ``tf.nn.batch_normalization``; it is
+  bitwise equal to TF whenever TF's ``rsqrt`` is correctly rounded. TF's ``rsqrt`` is Eigen's
+  fast-math packet version (a hardware ``rsqrt`` estimate plus one Newton step), which is
+  within a few ulp of ``1 / sqrt`` and depends on the CPU, so it cannot be reproduced portably;
+  we use ``1 / sqrt`` in float32 (as Detectron2's FrozenBatchNorm does on CPU).
+* ``max_pool2d``, ``relu``, ``relu6``: exact (max and clamp have no rounding).
+* ``softmax``, ``mean``, ``dense``: equal up to the ulp-level differences of ``exp`` and of the
+  summation order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from npfrcnn._validate import as_float_array
+from npfrcnn.ops.conv import _pair, conv_output_size, resolve_padding
+
+__all__ = ["batch_norm", "max_pool2d", "relu", "relu6", "dense", "softmax", "mean"]
+
+F32 = npt.NDArray[np.float32]
+
+
+def _f32(name: str, x: npt.ArrayLike) -> F32:
+    """``x`` as C-contiguous float32 of its own shape (a scalar stays 0-d)."""
+    return as_float_array(name, x).reshape(np.shape(x))
+
+
+def _channel_param(name: str, value: npt.ArrayLike, channels: int) -> F32:
+    arr = _f32(name, value)
+    if arr.ndim > 1 or (arr.ndim == 1 and arr.shape[0] != channels):
+        raise ValueError(
+            f"{name} must be a scalar or have shape [{channels}] (one value per channel of x), "
+            f"got shape {arr.shape}"
+        )
+    return arr
+
+
+def batch_norm(
+    x: npt.ArrayLike,
+    mean: npt.ArrayLike,
+    variance: npt.ArrayLike,
+    offset: npt.ArrayLike | None,
+    scale: npt.ArrayLike | None,
+    variance_epsilon: float = 1e-5,
+) -> F32:
+    """Inference batch normalization, as ``tf.nn.batch_normalization``.
+
+    Computed in float32, in TF's order::
+
+        inv = 1 / sqrt(variance + variance_epsilon);  inv = inv * scale
+        y = x * inv + (offset - mean * inv)
+
+    Args:
+        x: ``[..., C]`` (NHWC or ``[N, C]``).
+        mean, variance: ``[C]`` (or scalars): the moving statistics.
+        offset: ``[C]`` beta, or ``None`` (then ``y = x * inv + (-mean * inv)``).
+        scale: ``[C]`` gamma, or ``None`` (then ``inv`` is not scaled).
+        variance_epsilon: added to the variance; must be ``>= 0`` and finite.
+
+    Returns:
+        float32 of ``x``'s shape. An empty ``x`` gives an empty result.
+    """
+    xa = _f32("x", x)
+    if xa.ndim == 0:
+        raise ValueError("x must have at least one axis (channels last); got a scalar")
+    c = xa.shape[-1]
+    m = _channel_param("mean", mean, c)
+    v = _channel_param("variance", variance, c)
+    eps = float(variance_epsilon)
+    if not np.isfinite(eps) or eps < 0:
+        raise ValueError(
+            f"variance_epsilon must be a finite non-negative number, got {variance_epsilon!r}; "
+            "the workshop and slim use 1e-5"
+        )
+    inv = np.float32(1.0) / np.sqrt(v + np.float32(eps))
+    if scale is not None:
+        inv = inv * _channel_param("scale", scale, c)
+    if offset is not None:
+        shift = _channel_param("offset", offset, c) - m * inv
+    else:
+        shift = -(m * inv)
+    return np.asarray(xa * inv + shift, dtype=np.float32)
+
+
+def max_pool2d(
+    x: npt.ArrayLike,
+    ksize: int | Sequence[int],
+    strides: int | Sequence[int],
+    padding: str = "VALID",
+) -> F32:
+    """Max pooling over H and W, as ``tf.nn.max_pool2d``.
+
+    Args:
+        x: ``[N, H, W, C]``.
+        ksize: an int or ``(kh, kw)``, positive.
+        strides: an int or ``(sh, sw)``, positive.
+        padding: ``"VALID"``, or ``"SAME"``: TF's rule (``total = max((ceil(H/s) - 1) * s + k - H,
+            0)``, ``total // 2`` before and the rest after), the padding being ``-inf`` so it
+            never wins.
+
+    Returns:
+        ``[N, Ho, Wo, C]`` float32; ``Ho = (H - kh) // sh + 1`` (VALID) or ``ceil(H / sh)``
+        (SAME). NaN propagates (``np.maximum``). ``N = 0`` gives an empty array of that shape.
+    """
+    xa = as_float_array("x", x, ndim=4)
+    kh, kw = _pair("ksize", ksize)
+    sh, sw = _pair("strides", strides)
+    if not isinstance(padding, str) or padding.upper() not in ("SAME", "VALID"):
+        raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
+    n, h, w, c = xa.shape
+    (pt, pb), (pl, pr) = resolve_padding(padding, (h, w), (kh, kw), (sh, sw))
+    ho = conv_output_size(h, kh, sh, pt + pb)
+    wo = conv_output_size(w, kw, sw, pl + pr)
+    if ho <= 0 or wo <= 0:
+        raise ValueError(
+            f"x of spatial size {h}x{w} is smaller than the {kh}x{kw} window; use a larger input "
+            "or padding='SAME'"
+        )
+    if pt or pb or pl or pr:
+        xp = np.full((n, h + pt + pb, w + pl + pr, c), -np.inf, dtype=np.float32)
+        xp[:, pt : pt + h, pl : pl + w, :] = xa
+    else:
+        xp = xa
+    out = np.empty((n, ho, wo, c), dtype=np.float32)
+    first = True
+    for i in range(kh):
+        for j in range(kw):
+            win = xp[:, i : i + (ho - 1) * sh + 1 : sh, j : j + (wo - 1) * sw + 1 : sw, :]
+            if first:
+                out[...] = win
+                first = False
+            else:
+                np.maximum(out, win, out=out)
+    return out
+
+
+def relu(x: npt.ArrayLike) -> F32:
+    """``max(x, 0)`` in float32, any shape (``tf.nn.relu``)."""
+    xa = _f32("x", x)
+    return np.maximum(xa, np.float32(0))
+
+
+def relu6(x: npt.ArrayLike) -> F32:
+    """``min(max(x, 0), 6)`` in float32, any shape (``tf.nn.relu6``)."""
+    xa = _f32("x", x)
+    return np.minimum(np.maximum(xa, np.float32(0)), np.float32(6))
+
+
+def dense(x: npt.ArrayLike, kernel: npt.ArrayLike, bias: npt.ArrayLike | None = None) -> F32:
+    """Fully connected layer ``x @ kernel + bias`` (``tf.layers.dense`` on a 2-D input).
+
+    Args:
+        x: ``[N, Cin]``.
+        kernel: ``[Cin, Cout]`` (TF's (in, out) layout).
+        bias: ``[Cout]`` or ``None``; added after the matmul, in float32.
+
+    Returns:
+        ``[N, Cout]`` float32 (BLAS ``sgemm``; equal to TF up to summation order).
+    """
+    xa = as_float_array("x", x, ndim=2)
+    ka = as_float_array("kernel", kernel, ndim=2)
+    if ka.shape[0] != xa.shape[1]:
+        raise ValueError(
+            f"kernel has {ka.shape[0]} input rows but x has {xa.shape[1]} features; pass a "
+            f"kernel of shape [{xa.shape[1]}, Cout] (TF's (in, out) layout; transpose a "
+            "PyTorch (out, in) weight)"
+        )
+    out = np.matmul(xa, ka)
+    if bias is not None:
+        ba = as_float_array("bias", bias, ndim=1)
+        if ba.shape[0] != ka.shape[1]:
+            raise ValueError(
+                f"bias has {ba.shape[0]} values but the kernel has {ka.shape[1]} outputs; pass "
+                f"a bias of shape [{ka.shape[1]}]"
+            )
+        out += ba
+    return out
+
+
+def _axis(name: str, axis: int, ndim: int) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise ValueError(f"{name} must be an int, got {axis!r}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}={axis} is out of range for an array of rank {ndim}")
+    return int(axis) % ndim
+
+
+def softmax(x: npt.ArrayLike, axis: int = -1) -> F32:
+    """Softmax along ``axis``: ``e = exp(x - max(x)); e / sum(e)`` in float32 (``tf.nn.softmax``).
+
+    Subtracting the maximum first keeps ``exp`` from overflowing; a row whose largest logit
+    dominates gives exactly 1.0 there, as TF does. Any shape; empty input gives empty output.
+    """
+    xa = _f32("x", x)
+    if xa.ndim == 0:
+        raise ValueError("x must have at least one axis; got a scalar")
+    ax = _axis("axis", axis, xa.ndim)
+    if xa.size == 0:
+        return xa.copy()
+    e = np.exp(xa - np.max(xa, axis=ax, keepdims=True))
+    e /= np.sum(e, axis=ax, keepdims=True)
+    return e
+
+
+def mean(x: npt.ArrayLike, axis: int | Sequence[int] = (1, 2)) -> F32:
+    """Mean over ``axis`` (default the spatial axes of NHWC), as ``tf.reduce_mean``.
+
+    Float32 sum divided by the count. ``[N, H, W, C]`` -> ``[N, C]`` with the default axes.
+    Reducing over an empty axis is rejected (TF would return NaN); an empty batch gives an
+    empty result.
+    """
+    xa = _f32("x", x)
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    norm = tuple(sorted({_axis("axis", a, xa.ndim) for a in axes}))
+    if len(norm) != len(axes):
+        raise ValueError(f"axis must not repeat an axis, got {axis!r}")
+    if any(xa.shape[a] == 0 for a in norm):
+        raise ValueError(
+            f"cannot average over an empty axis: x has shape {xa.shape} and axis={axis!r}"
+        )
+    return np.asarray(np.mean(xa, axis=norm, dtype=np.float32), dtype=np.float32)
