@@ -23,8 +23,9 @@ Box coder (spec 1.3, 2.4, 3.3, 4.4, 5.5)
     ``[0.1, 0.1, 0.2, 0.2]``, Luminoth ``[0.1, 0.2]`` = ``[0.1, 0.1, 0.2, 0.2]``).
     ``scale_factors`` are their reciprocals (TF OD API / Detectron2 ``[10, 10, 5, 5]``): deltas
     are divided by them at decode and multiplied at encode (never via a rounded ``1 / s``, so
-    float32 results match those systems bit for bit); pass one or the other. Both are given in ``(x, y, w, h)`` order here: TF OD API's ``(ty, tx, th, tw)``
-    layout is a converter's business, not the coder's.
+    float32 results match those systems bit for bit); pass one or the other. Both are given in
+    ``(x, y, w, h)`` order here: TF OD API's ``(ty, tx, th, tw)`` layout is a converter's
+    business, not the coder's.
 
 All functions are pure NumPy, keep the input float dtype (float32 in, float32 out) and accept
 empty inputs.
