@@ -208,6 +208,11 @@ def coco_datasets(draw: st.DrawFn, max_images: int = 6, max_classes: int = 5) ->
             w = draw(st.one_of(size, f32(1.0, 200.0)))
             h = draw(st.one_of(size, f32(1.0, 200.0)))
             c = draw(st.integers(1, n_cat))
+            if gts and draw(st.integers(0, 2)) == 0:  # overlap the previous gt, same class
+                x, y, w, h, c = gts[-1]
+                x += draw(st.sampled_from([0.0, 2.0, -3.0]))
+                w *= draw(st.sampled_from([1.0, 1.5, 3.0]))
+                h *= draw(st.sampled_from([1.0, 0.8, 3.0]))
             crowd = int(draw(st.integers(0, 9)) == 0)
             area = float(w * h) if draw(st.booleans()) else draw(f32(1.0, 40000.0))
             anns.append(
@@ -294,3 +299,138 @@ def integer_box_pairs(draw: st.DrawFn) -> np.ndarray:
     a = [y1, x1, y1 + h, x1 + w]
     b = [y1 + dy, x1 + dx, y1 + dy + h2, x1 + dx + w2]
     return np.asarray([a, b], dtype=np.float32)
+
+
+@st.composite
+def topk_cases(draw: st.DrawFn, max_n: int = 30) -> tuple[np.ndarray, int]:
+    """``([..., n] values, k)`` for top_k: float32, 1-D or 2-D; ties, +-inf, +-0 and
+    subnormals common."""
+    shape = draw(st.one_of(st.tuples(st.integers(0, max_n)),
+                           st.tuples(st.integers(0, 4), st.integers(0, max_n))))
+    few = st.sampled_from([0.0, -0.0, 1e-45, -1e-40, 0.5, 1.0, -1.0, np.inf, -np.inf])
+    elements = st.one_of(few, f32(-10.0, 10.0)) if draw(st.booleans()) else few
+    values = draw(hnp.arrays(np.float32, shape, elements=elements.map(np.float32)))
+    return values, draw(st.integers(0, shape[-1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# RoI ops: crop_and_resize / crop_and_pool (TF's normalized (y1, x1, y2, x2) boxes), roi_align
+# and roi_pool (torchvision's (batch_index, x1, y1, x2, y2) RoIs on NHWC maps).
+# ---------------------------------------------------------------------------------------------
+
+
+@st.composite
+def feature_maps(
+    draw: st.DrawFn, max_batch: int = 3, max_side: int = 8, max_depth: int = 4
+) -> np.ndarray:
+    """float32 ``[B, H, W, D]`` maps; small integers half the time (exact lerps, equal taps)."""
+    shape = (
+        draw(st.integers(1, max_batch)),
+        draw(st.integers(1, max_side)),
+        draw(st.integers(1, max_side)),
+        draw(st.integers(1, max_depth)),
+    )
+    if draw(st.booleans()):
+        elements = st.integers(-8, 8).map(np.float32)
+    else:
+        elements = f32(-100.0, 100.0)
+    return draw(hnp.arrays(np.float32, shape, elements=elements))
+
+
+def normalized_coords() -> st.SearchStrategy[float]:
+    """Normalized coordinates: the corners, simple fractions, out-of-range values, any float32."""
+    return st.one_of(
+        st.sampled_from([-1.0, -0.5, -0.25, 0.0, 0.25, 1 / 3, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0]),
+        f32(-1.5, 2.5),
+    )
+
+
+@st.composite
+def normalized_boxes(draw: st.DrawFn, min_n: int = 0, max_n: int = 12) -> np.ndarray:
+    """float32 ``[N, 4]`` ``(y1, x1, y2, x2)``: flipped, zero-size and out-of-range boxes."""
+    n = draw(st.integers(min_n, max_n))
+    rows = []
+    for _ in range(n):
+        y1, x1 = draw(normalized_coords()), draw(normalized_coords())
+        y2 = y1 if draw(st.integers(0, 5)) == 0 else draw(normalized_coords())  # zero height
+        x2 = x1 if draw(st.integers(0, 5)) == 0 else draw(normalized_coords())
+        rows.append([y1, x1, y2, x2])
+    return np.asarray(rows, dtype=np.float32).reshape(n, 4)
+
+
+def extrapolation_values() -> st.SearchStrategy[float]:
+    return st.one_of(st.sampled_from([0.0, -1.0, 0.5, 7.25, -0.0]), f32(-1e3, 1e3))
+
+
+@st.composite
+def crop_cases(
+    draw: st.DrawFn, min_crop: int = 1, max_crop: int = 6
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int], float]:
+    """``(image, boxes, box_indices, crop_size, extrapolation_value)`` for crop_and_resize."""
+    image = draw(feature_maps())
+    boxes = draw(normalized_boxes())
+    idx = draw(hnp.arrays(np.int32, (boxes.shape[0],), elements=st.integers(0, image.shape[0] - 1)))
+    crop = (draw(st.integers(min_crop, max_crop)), draw(st.integers(min_crop, max_crop)))
+    return image, boxes, idx, crop, draw(extrapolation_values())
+
+
+@st.composite
+def roi_cases(
+    draw: st.DrawFn, max_k: int = 8
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int], float]:
+    """``(features, rois, output_size, spatial_scale)`` for roi_align / roi_pool.
+
+    RoIs ``[K, 5]`` ``(batch_index, x1, y1, x2, y2)`` in input pixels, reaching past the map on
+    every side, reversed or empty at times; coordinates on a quarter-pixel grid half the time
+    (so rounding ties and exact sample points are common).
+    """
+    features = draw(feature_maps(max_batch=2, max_side=7, max_depth=3))
+    scale = draw(st.sampled_from([1.0, 0.5, 0.25, 0.0625, 1 / 3]))
+    _, h, w, _ = features.shape
+    k = draw(st.integers(0, max_k))
+    rows = []
+    for _ in range(k):
+        if draw(st.booleans()):
+            coord_x = st.integers(-8, 4 * w + 8).map(lambda v: v / 4 / scale)
+            coord_y = st.integers(-8, 4 * h + 8).map(lambda v: v / 4 / scale)
+        else:
+            coord_x = f32(-2 / scale, (w + 2) / scale)
+            coord_y = f32(-2 / scale, (h + 2) / scale)
+        x1, y1, x2, y2 = draw(coord_x), draw(coord_y), draw(coord_x), draw(coord_y)
+        if draw(st.integers(0, 3)) > 0:  # mostly well-formed, sometimes reversed
+            x1, x2 = min(x1, x2), max(x1, x2)
+            y1, y2 = min(y1, y2), max(y1, y2)
+        rows.append([draw(st.integers(0, features.shape[0] - 1)), x1, y1, x2, y2])
+    rois = np.asarray(rows, dtype=np.float32).reshape(k, 5)
+    size = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    return features, rois, size, scale
+
+
+@st.composite
+def inside_roi_cases(
+    draw: st.DrawFn,
+) -> tuple[tuple[int, int, int, int], np.ndarray, tuple[int, int], float]:
+    """``(feature_shape, rois, output_size, spatial_scale)`` with every RoI inside the map.
+
+    Corners on a quarter-pixel grid of the feature map, ``0 <= x1 < x2 <= W - 1`` (likewise y),
+    a power-of-two scale (so ``coordinate * scale`` is exact): every RoIAlign sample falls in
+    ``[-1, H] x [-1, W]`` and every RoIPool bin is non-empty.
+    """
+    shape = (
+        draw(st.integers(1, 2)),
+        draw(st.integers(2, 8)),
+        draw(st.integers(2, 8)),
+        draw(st.integers(1, 3)),
+    )
+    scale = draw(st.sampled_from([1.0, 0.5, 0.25, 0.0625]))
+    _, h, w, _ = shape
+    rows = []
+    for _ in range(draw(st.integers(1, 6))):
+        x1 = draw(st.integers(0, 4 * (w - 1) - 1))
+        y1 = draw(st.integers(0, 4 * (h - 1) - 1))
+        x2 = draw(st.integers(x1 + 1, 4 * (w - 1)))
+        y2 = draw(st.integers(y1 + 1, 4 * (h - 1)))
+        b = draw(st.integers(0, shape[0] - 1))
+        rows.append([b, x1 / 4 / scale, y1 / 4 / scale, x2 / 4 / scale, y2 / 4 / scale])
+    size = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    return shape, np.asarray(rows, dtype=np.float32), size, scale
