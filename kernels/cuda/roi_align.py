@@ -1,0 +1,163 @@
+"""RoIAlign on the GPU, NHWC: torchvision's ``roi_align`` (spec 5.4), aligned or not.
+
+Same function as ``npfrcnn.ops.roi_align(..., backend="numpy")``. For RoI ``k`` with
+``(batch, x1, y1, x2, y2)`` (the batch index stored as a float, truncated), all in float32:
+
+    offset = 0.5 if aligned else 0;  start = x1 * scale - offset;  end = x2 * scale - offset
+    roi_w = end - start  (at least 1 when not aligned);  bin_w = roi_w / pooled_w
+    grid_w = sampling_ratio if > 0 else ceil(roi_w / pooled_w);  count = max(grid_h * grid_w, 1)
+    x = start + pw * bin_w + (ix + 0.5) * bin_w / grid_w          (y likewise)
+    sample: 0 if y < -1 or y > H or x < -1 or x > W; else clamp at 0, y_low = (int)y, and at the
+            last row y_high = y_low = H - 1, y = y_low; value
+            hy*hx*v1 + hy*lx*v2 + ly*hx*v3 + ly*lx*v4 summed left to right
+    output = (sum of the samples, in iy-major order) / count
+
+Every float32 operation goes through the non-contracting helpers of ``_cuda``, so the result is
+bitwise the reference's (torchvision's own CUDA build contracts to FMAs and differs in the last
+bits). One thread per output element ``(k, ph, pw, c)``, channels innermost: the taps of
+consecutive threads are consecutive channels (coalesced reads and writes).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _cuda
+from ._cuda import cuda, fadd, fdiv, fmul, fsub
+
+__all__ = ["roi_align"]
+
+
+@cuda.jit(device=True)
+def _sample(features, b, y, x, c, h, w):
+    """torchvision's ``bilinear_interpolate`` at float32 ``(y, x)``, channel ``c``."""
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    if y < np.float32(-1.0) or y > np.float32(h) or x < np.float32(-1.0) or x > np.float32(w):
+        return zero
+    if y <= zero:
+        y = zero
+    if x <= zero:
+        x = zero
+    y_low = int(y)
+    x_low = int(x)
+    if y_low >= h - 1:
+        y_low = h - 1
+        y_high = h - 1
+        y = np.float32(y_low)
+    else:
+        y_high = y_low + 1
+    if x_low >= w - 1:
+        x_low = w - 1
+        x_high = w - 1
+        x = np.float32(x_low)
+    else:
+        x_high = x_low + 1
+    ly = fsub(y, np.float32(y_low))
+    lx = fsub(x, np.float32(x_low))
+    hy = fsub(one, ly)
+    hx = fsub(one, lx)
+    v1 = features[b, y_low, x_low, c]
+    v2 = features[b, y_low, x_high, c]
+    v3 = features[b, y_high, x_low, c]
+    v4 = features[b, y_high, x_high, c]
+    s = fmul(fmul(hy, hx), v1)
+    s = fadd(s, fmul(fmul(hy, lx), v2))
+    s = fadd(s, fmul(fmul(ly, hx), v3))
+    return fadd(s, fmul(fmul(ly, lx), v4))
+
+
+@cuda.jit
+def _roi_align_kernel(features, rois, spatial_scale, sampling_ratio, aligned, out):
+    k_total, pooled_h, pooled_w, depth = out.shape
+    h = features.shape[1]
+    w = features.shape[2]
+    total = k_total * pooled_h * pooled_w * depth
+    offset = np.float32(0.5) if aligned else np.float32(0.0)
+    one = np.float32(1.0)
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    for e in range(start, total, stride):
+        c = e % depth
+        r = e // depth
+        pw = r % pooled_w
+        r //= pooled_w
+        ph = r % pooled_h
+        k = r // pooled_h
+        b = int(rois[k, 0])
+        start_w = fsub(fmul(rois[k, 1], spatial_scale), offset)
+        start_h = fsub(fmul(rois[k, 2], spatial_scale), offset)
+        end_w = fsub(fmul(rois[k, 3], spatial_scale), offset)
+        end_h = fsub(fmul(rois[k, 4], spatial_scale), offset)
+        roi_w = fsub(end_w, start_w)
+        roi_h = fsub(end_h, start_h)
+        if not aligned:
+            roi_w = max(roi_w, one)
+            roi_h = max(roi_h, one)
+        bin_h = fdiv(roi_h, np.float32(pooled_h))
+        bin_w = fdiv(roi_w, np.float32(pooled_w))
+        if sampling_ratio > 0:
+            grid_h = sampling_ratio
+            grid_w = sampling_ratio
+        else:
+            grid_h = int(math.ceil(fdiv(roi_h, np.float32(pooled_h))))
+            grid_w = int(math.ceil(fdiv(roi_w, np.float32(pooled_w))))
+        count = np.float32(max(grid_h * grid_w, 1))
+        base_h = fadd(start_h, fmul(np.float32(ph), bin_h))
+        base_w = fadd(start_w, fmul(np.float32(pw), bin_w))
+        acc = np.float32(0.0)
+        for iy in range(grid_h):
+            y = fadd(
+                base_h, fdiv(fmul(fadd(np.float32(iy), np.float32(0.5)), bin_h), np.float32(grid_h))
+            )
+            for ix in range(grid_w):
+                x = fadd(
+                    base_w,
+                    fdiv(fmul(fadd(np.float32(ix), np.float32(0.5)), bin_w), np.float32(grid_w)),
+                )
+                acc = fadd(acc, _sample(features, b, y, x, c, h, w))
+        out[k, ph, pw, c] = fdiv(acc, count)
+
+
+def roi_align(
+    features: npt.NDArray[np.float32] | Any,
+    rois: npt.NDArray[np.float32] | Any,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    out: Any = None,
+) -> Any:
+    """torchvision ``roi_align`` on NHWC features (inputs validated by ``npfrcnn.ops.roi_align``).
+
+    Args:
+        features: float32 ``[B, H, W, C]``.
+        rois: float32 ``[K, 5]`` ``(batch_index, x1, y1, x2, y2)`` in input pixels; the batch
+            index in ``[0, B)``.
+        output_size: ``(pooled_h, pooled_w)`` or one int for both.
+        spatial_scale: feature-map pixels per input pixel (e.g. 1/16), rounded to float32.
+        sampling_ratio: samples per bin side; ``<= 0`` means ``ceil(roi size / pooled size)``.
+        aligned: shift the RoI by -0.5 pixel (Detectron2) and allow RoIs smaller than 1.
+        out: optional float32 C-contiguous device array of the result's shape to write into
+            (it is returned, on the device); by default a new array.
+
+    Returns:
+        float32 ``[K, pooled_h, pooled_w, C]``: NumPy for NumPy input, a device array for
+        device input.
+    """
+    ph, pw = (output_size, output_size) if isinstance(output_size, int) else output_size
+    on_device = _cuda.is_device_array(features)
+    d_feat = _cuda.as_device(features, np.float32)
+    d_rois = _cuda.as_device(rois, np.float32)
+    on_device = on_device or out is not None
+    out = _cuda.output(out, (int(d_rois.shape[0]), int(ph), int(pw), int(d_feat.shape[3])))
+    if out.size:
+        tpb = _cuda.threads_per_block()
+        _roi_align_kernel[_cuda.blocks_for(out.size, tpb), tpb](
+            d_feat, d_rois, np.float32(spatial_scale), int(sampling_ratio), bool(aligned), out
+        )
+    return out if on_device else out.copy_to_host()

@@ -1,0 +1,119 @@
+"""RoIPool (max) on the GPU, NHWC: torchvision's ``roi_pool``.
+
+Same function as ``npfrcnn.ops.roi_pool(..., backend="numpy")``. For RoI ``k`` with
+``(batch, x1, y1, x2, y2)`` (batch index stored as a float, truncated):
+
+    start_w = round(x1 * scale); end_w = round(x2 * scale)       (float32 product, roundf:
+                                                                   halves away from zero)
+    roi_w = max(end_w - start_w + 1, 1);  bin_w = float32(roi_w) / float32(pooled_w)
+    wstart = floor(pw * bin_w) + start_w;  wend = ceil((pw + 1) * bin_w) + start_w
+    both clamped into [0, W]                                       (h likewise)
+    output = 0 for an empty bin, else the max over the bin starting from -FLT_MAX and taking a
+             value only when strictly greater (NaN never taken)
+
+One thread per output element ``(k, ph, pw, c)``, channels innermost (coalesced).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _cuda
+from ._cuda import cuda, fdiv, fmul, fsub
+
+__all__ = ["roi_pool"]
+
+_LOWEST = np.float32(np.finfo(np.float32).min)
+
+
+@cuda.jit(device=True)
+def _roundf(v):
+    """C's ``roundf`` (halves away from zero) of a float32, as an int."""
+    a = abs(v)
+    f = int(math.floor(a))
+    if fsub(a, np.float32(f)) >= np.float32(0.5):
+        f += 1
+    return -f if v < np.float32(0.0) else f
+
+
+@cuda.jit
+def _roi_pool_kernel(features, rois, spatial_scale, out):
+    k_total, pooled_h, pooled_w, depth = out.shape
+    h = features.shape[1]
+    w = features.shape[2]
+    total = k_total * pooled_h * pooled_w * depth
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    for e in range(start, total, stride):
+        c = e % depth
+        r = e // depth
+        pw = r % pooled_w
+        r //= pooled_w
+        ph = r % pooled_h
+        k = r // pooled_h
+        b = int(rois[k, 0])
+        start_w = _roundf(fmul(rois[k, 1], spatial_scale))
+        start_h = _roundf(fmul(rois[k, 2], spatial_scale))
+        end_w = _roundf(fmul(rois[k, 3], spatial_scale))
+        end_h = _roundf(fmul(rois[k, 4], spatial_scale))
+        roi_w = max(end_w - start_w + 1, 1)
+        roi_h = max(end_h - start_h + 1, 1)
+        bin_h = fdiv(np.float32(roi_h), np.float32(pooled_h))
+        bin_w = fdiv(np.float32(roi_w), np.float32(pooled_w))
+        hstart = int(math.floor(fmul(np.float32(ph), bin_h)))
+        wstart = int(math.floor(fmul(np.float32(pw), bin_w)))
+        hend = int(math.ceil(fmul(np.float32(ph + 1), bin_h)))
+        wend = int(math.ceil(fmul(np.float32(pw + 1), bin_w)))
+        hstart = min(max(hstart + start_h, 0), h)
+        hend = min(max(hend + start_h, 0), h)
+        wstart = min(max(wstart + start_w, 0), w)
+        wend = min(max(wend + start_w, 0), w)
+        if hend <= hstart or wend <= wstart:
+            out[k, ph, pw, c] = np.float32(0.0)
+            continue
+        best = _LOWEST
+        for yy in range(hstart, hend):
+            for xx in range(wstart, wend):
+                v = features[b, yy, xx, c]
+                if v > best:
+                    best = v
+        out[k, ph, pw, c] = best
+
+
+def roi_pool(
+    features: npt.NDArray[np.float32] | Any,
+    rois: npt.NDArray[np.float32] | Any,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    out: Any = None,
+) -> Any:
+    """torchvision ``roi_pool`` on NHWC features (inputs validated by ``npfrcnn.ops.roi_pool``).
+
+    Args:
+        features: float32 ``[B, H, W, C]``.
+        rois: float32 ``[K, 5]`` ``(batch_index, x1, y1, x2, y2)``; batch index in ``[0, B)``.
+        output_size: ``(pooled_h, pooled_w)`` or one int for both.
+        spatial_scale: feature-map pixels per input pixel, rounded to float32.
+        out: optional float32 C-contiguous device array of the result's shape to write into
+            (it is returned, on the device); by default a new array.
+
+    Returns:
+        float32 ``[K, pooled_h, pooled_w, C]``: NumPy for NumPy input, a device array for
+        device input.
+    """
+    ph, pw = (output_size, output_size) if isinstance(output_size, int) else output_size
+    on_device = _cuda.is_device_array(features)
+    d_feat = _cuda.as_device(features, np.float32)
+    d_rois = _cuda.as_device(rois, np.float32)
+    on_device = on_device or out is not None
+    out = _cuda.output(out, (int(d_rois.shape[0]), int(ph), int(pw), int(d_feat.shape[3])))
+    if out.size:
+        tpb = _cuda.threads_per_block()
+        _roi_pool_kernel[_cuda.blocks_for(out.size, tpb), tpb](
+            d_feat, d_rois, np.float32(spatial_scale), out
+        )
+    return out if on_device else out.copy_to_host()
