@@ -1,1 +1,37 @@
-"""Weights: the HDF5 format, converters and the TensorFlow reference exporter."""
+"""Weights: the HDF5 format, the name table, random weights, converters and the TF reference.
+
+``tf_reference`` and ``convert`` import TensorFlow inside their functions only; nothing here is
+needed by the inference path except :func:`read`.
+"""
+
+from npfrcnn.weights.hdf5 import (
+    FORMAT,
+    FORMAT_VERSION,
+    WeightsError,
+    WeightsFile,
+    check_tensors,
+    file_sha256,
+    inspect,
+    read,
+    tensors_sha256,
+    write,
+)
+from npfrcnn.weights.names import expected_shapes
+from npfrcnn.weights.random import make_random_model, placeholder_classes, random_weights
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "WeightsError",
+    "WeightsFile",
+    "check_tensors",
+    "expected_shapes",
+    "file_sha256",
+    "inspect",
+    "make_random_model",
+    "placeholder_classes",
+    "random_weights",
+    "read",
+    "tensors_sha256",
+    "write",
+]
