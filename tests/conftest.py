@@ -18,7 +18,9 @@ from pathlib import Path
 # TensorFlow is the numerical reference: keep oneDNN's reordered float arithmetic off, and quiet.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-if os.environ.get("NPFRCNN_TEST_GPU") != "1": os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")  # noqa: E701
+# Without a GPU run requested (NPFRCNN_TEST_GPU=1), CUDA kernels run under Numba's simulator.
+if os.environ.get("NPFRCNN_TEST_GPU") != "1":
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
 import pytest
 from hypothesis import HealthCheck, settings
