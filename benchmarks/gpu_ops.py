@@ -131,11 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     _refuse_if_simulated()
     import torch
     import torchvision
+    from numba import cuda
+
     from npfrcnn.kernels.cuda import crop_and_resize as k_crop
     from npfrcnn.kernels.cuda import nms as k_nms
     from npfrcnn.kernels.cuda import roi_align as k_align
     from npfrcnn.kernels.cuda import roi_pool as k_pool
-    from numba import cuda
 
     tv = torchvision.ops
     dev = torch.device("cuda")

@@ -25,6 +25,11 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
+
+from npfrcnn import ops
+from npfrcnn.anchors import grid_anchors, reference_anchors
+from npfrcnn.boxes import decode
+
 from _harness import (
     Timing,
     fmt_ms,
@@ -34,10 +39,6 @@ from _harness import (
     replace_section,
     time_call,
 )
-from npfrcnn.anchors import grid_anchors, reference_anchors
-
-from npfrcnn import ops
-from npfrcnn.boxes import decode
 
 IMAGE_H, IMAGE_W = 600, 1000  # the workshop's native-size example; block3 map 38x63 (stride 16)
 FMAP_H, FMAP_W, FMAP_C = 38, 63, 1024
