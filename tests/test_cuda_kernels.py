@@ -15,14 +15,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hypothesis import given, settings
+
+from npfrcnn import ops
 from npfrcnn.kernels.cuda import _cuda
 from npfrcnn.kernels.cuda import crop_and_resize as cuda_crop
 from npfrcnn.kernels.cuda import nms as cuda_nms
 from npfrcnn.kernels.cuda import roi_align as cuda_roi_align
 from npfrcnn.kernels.cuda import roi_pool as cuda_roi_pool
 from npfrcnn.kernels.cuda import sort as cuda_sort
-
-from npfrcnn import ops
 from tests.helpers import assert_same
 from tests.strategies import integer_box_pairs, iou_thresholds, nms_cases
 

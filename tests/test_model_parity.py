@@ -32,11 +32,11 @@ import pytest
 from helpers import assert_same
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from npfrcnn.weights import random_weights
 
 from npfrcnn import Detections, FasterRCNN
 from npfrcnn.config import workshop
 from npfrcnn.rpn import RPNOutput
+from npfrcnn.weights import random_weights
 
 EPS32 = float(np.finfo(np.float32).eps)
 NUM_CLASSES = 6

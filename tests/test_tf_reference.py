@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers import assert_same
-from npfrcnn.weights import expected_shapes, random_weights, read
 
 from npfrcnn import FasterRCNN
 from npfrcnn.config import workshop
+from npfrcnn.weights import expected_shapes, random_weights, read
 
 
 def tiny_config(**changes):

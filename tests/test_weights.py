@@ -9,6 +9,8 @@ import h5py
 import numpy as np
 import pytest
 from helpers import assert_same
+
+from npfrcnn.config import workshop
 from npfrcnn.weights import (
     WeightsError,
     expected_shapes,
@@ -18,8 +20,6 @@ from npfrcnn.weights import (
     read,
     write,
 )
-
-from npfrcnn.config import workshop
 
 
 def small_config(**changes):

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from npfrcnn.weights.hdf5 import WeightsError, file_sha256, write
-from npfrcnn.weights.names import expected_shapes
 
 from npfrcnn.config import ModelConfig, workshop
+from npfrcnn.weights.hdf5 import WeightsError, file_sha256, write
+from npfrcnn.weights.names import expected_shapes
 
 __all__ = ["checkpoint_to_hdf5", "TRAINING_ONLY", "infer_config"]
 

@@ -18,10 +18,10 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-from npfrcnn.weights.hdf5 import write
-from npfrcnn.weights.names import expected_shapes
 
 from npfrcnn.config import ModelConfig
+from npfrcnn.weights.hdf5 import write
+from npfrcnn.weights.names import expected_shapes
 
 __all__ = ["random_weights", "make_random_model", "placeholder_classes"]
 
