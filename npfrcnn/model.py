@@ -30,7 +30,7 @@ import numpy.typing as npt
 from npfrcnn import anchors as anchors_mod
 from npfrcnn._validate import check_backend
 from npfrcnn.config import ModelConfig
-from npfrcnn.rcnn import final_detections, head, roi_pool
+from npfrcnn.rcnn import HEAD_CHUNK, final_detections, head, roi_pool
 from npfrcnn.resnet import feature_map_shape, run_base
 from npfrcnn.rpn import Proposals, RPNOutput, generate_proposals, rpn_head
 
@@ -269,10 +269,22 @@ class FasterRCNN:
         lap("rpn")
         props = self.proposals(rpn_out, im_shape)
         lap("proposals")
-        pooled = self.pool_rois(fm, props.boxes, im_shape)
-        lap("roi_pool")
-        bbox_pred, cls_prob = self.head(pooled)
-        lap("head")
+        # RoI pooling and the head are streamed over chunks of proposals, so the pooled RoIs
+        # ([P, 7, 7, C3]) and the tail's activations are never held for all P at once.
+        clock["roi_pool"] = clock["head"] = 0.0
+        bbox_parts, prob_parts = [], []
+        for start in range(0, max(len(props.boxes), 1), HEAD_CHUNK):
+            t1 = time.perf_counter()
+            pooled = self.pool_rois(fm, props.boxes[start : start + HEAD_CHUNK], im_shape)
+            t2 = time.perf_counter()
+            part_bbox, part_prob = self.head(pooled)
+            t0 = time.perf_counter()
+            clock["roi_pool"] += t2 - t1
+            clock["head"] += t0 - t2
+            bbox_parts.append(part_bbox)
+            prob_parts.append(part_prob)
+        bbox_pred = np.concatenate(bbox_parts)
+        cls_prob = np.concatenate(prob_parts)
         dets = self.detections(
             props.boxes, bbox_pred, cls_prob, im_shape, min_prob=min_prob,
             max_detections=max_detections,

@@ -63,6 +63,11 @@ def roi_pool(
     return ops.crop_and_pool(features, nb, idx, config.roi_crop_size, backend=backend)
 
 
+#: RoIs per chunk in :func:`head` (and in ``FasterRCNN.detect``, which streams RoI pooling and
+#: the head together): bounds the memory of the block4 tail whatever the proposal count.
+HEAD_CHUNK = 256
+
+
 def head(
     pooled: F32,
     tensors: Mapping[str, np.ndarray],
@@ -73,8 +78,14 @@ def head(
     if pooled.shape[0] == 0:
         n = config.num_classes
         return np.zeros((0, 4 * n), np.float32), np.zeros((0, n + 1), np.float32)
-    net = run_tail(pooled, tensors, config, backend)  # [P,7,7,C4]
-    feats = ops.mean(net, axis=(1, 2))  # [P,C4]
+    # block4 runs on HEAD_CHUNK RoIs at a time: each RoI is independent, and a chunk's
+    # activations (and im2col buffers) stay small instead of scaling with P.
+    feats = np.concatenate(
+        [
+            ops.mean(run_tail(pooled[i : i + HEAD_CHUNK], tensors, config, backend), axis=(1, 2))
+            for i in range(0, pooled.shape[0], HEAD_CHUNK)
+        ]
+    )  # [P,C4]
     logits = ops.dense(
         feats, tensors["rcnn/fc_classifier/kernel"], tensors["rcnn/fc_classifier/bias"]
     )
