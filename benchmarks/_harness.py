@@ -34,10 +34,16 @@ class Timing:
         return max(self.first_s - self.median_s, 0.0)
 
 
-def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> Timing:
-    """Time ``fn``: one first call, ``warmup - 1`` more untimed calls, then ``repeats`` runs."""
+def time_call(
+    fn: Callable[[], object], repeats: int = 5, warmup: int = 1
+) -> tuple[Timing, object]:
+    """Time ``fn``: one first call, ``warmup - 1`` more untimed calls, then ``repeats`` runs.
+
+    Returns the timing and the first call's result (for the caller's correctness check, so the
+    check costs no extra call and the first call really is the first).
+    """
     t0 = time.perf_counter()
-    fn()
+    first_result = fn()
     first = time.perf_counter() - t0
     for _ in range(max(warmup - 1, 0)):
         fn()
@@ -46,7 +52,7 @@ def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> Ti
         t0 = time.perf_counter()
         fn()
         runs.append(time.perf_counter() - t0)
-    return Timing(first, runs)
+    return Timing(first, runs), first_result
 
 
 def machine_description() -> str:
