@@ -298,6 +298,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="limit BLAS/Numba/TF threads in each child (default: library defaults)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the raw results here")
+    p.add_argument("--write", action="store_true",
+                   help="replace the 'Whole model (CPU)' section of benchmarks/RESULTS.md")
     # internal: one measurement in a child process
     p.add_argument("--child", choices=BACKENDS, help=argparse.SUPPRESS)
     p.add_argument("--weights", help=argparse.SUPPRESS)
@@ -359,7 +361,19 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"  {b}: median total {_median(results[b]['runs'], 'total'):.3f} s",
                       file=sys.stderr, flush=True)
-    print(format_table(results, header))
+    table = format_table(results, header)
+    print(table)
+    if args.write:
+        from _harness import git_revision, machine_description, replace_section
+
+        given = argv if argv is not None else sys.argv[1:]
+        command = "python benchmarks/model.py " + " ".join(given)
+        body = (
+            f"Machine: {machine_description()}.\n"
+            f"Command: `{command}` (revision {git_revision()}).\n\n{table}"
+        )
+        replace_section(Path(__file__).with_name("RESULTS.md"), "Whole model (CPU)", body)
+        print("wrote benchmarks/RESULTS.md", file=sys.stderr)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"header": header, "results": results}, f, indent=2)
