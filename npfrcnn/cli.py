@@ -1,4 +1,5 @@
-"""The ``npfrcnn`` command: ``detect``, ``convert``, ``info`` and ``random-model``.
+"""The ``npfrcnn`` command: ``detect``, ``convert``, ``info`` and ``random-model`` here;
+``synth``, ``train``, ``eval`` and ``demo`` in :mod:`npfrcnn.cli_train`.
 
 Exit status: 0 on success; 1 when some input image (or an unmatched input pattern) failed, after
 the others were processed, or when ``info`` finds problems; 2 for a usage or set-up error
@@ -34,7 +35,7 @@ from npfrcnn._io import atomic_write
 STAGES = ("preprocess", "features", "rpn", "proposals", "roi_pool", "head", "detections")
 
 _NO_WEIGHTS = """\
---weights is required: npfrcnn does not ship trained weights yet. Either
+--weights is required: the shipped demo weights (weights/demo.h5) are not installed. Either
   * convert the workshop's TensorFlow checkpoint (needs tensorflow installed):
       npfrcnn convert checkpoint/fasterrcnn model.h5 --classes checkpoint/classes.json
       npfrcnn detect photo.jpg --weights model.h5
@@ -340,8 +341,16 @@ def _detect(args: argparse.Namespace, log: _Log) -> int:
     from npfrcnn.image import ImageError, load
 
     if not args.weights:
-        log.error(_NO_WEIGHTS)
-        return 2
+        from npfrcnn import cli_train
+
+        args.weights = cli_train.default_weights()
+        if not args.weights:
+            log.error(_NO_WEIGHTS)
+            return 2
+        log.info(
+            f"no --weights: using the shipped demo model {args.weights} (trained on synthetic "
+            "shapes: rectangle, ellipse, triangle); pass --weights for your own model"
+        )
     if args.min_prob is not None and not 0.0 <= args.min_prob <= 1.0:
         log.error(f"--min-prob must be in [0, 1], got {args.min_prob}; e.g. --min-prob 0.5")
         return 2
@@ -695,7 +704,10 @@ output:  one JSON object per image: {"path", "image_id", "width", "height", "det
 exit:    0 ok; 1 some input failed (the rest were processed); 2 set-up error; 130 interrupted.""",
     )
     d.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
-    d.add_argument("--weights", metavar="FILE.h5", help="npfrcnn HDF5 weights (required for now)")
+    d.add_argument(
+        "--weights", metavar="FILE.h5",
+        help="npfrcnn HDF5 weights (default: the shipped demo model, weights/demo.h5)",
+    )
     d.add_argument(
         "--min-prob", type=float, default=None, metavar="P",
         help="drop detections below this probability (default: the model's config)",
@@ -765,6 +777,10 @@ exit:    0 ok; 1 some input failed (the rest were processed); 2 set-up error; 13
                    help="block1 bottleneck width for a narrow test network (default 64; "
                    "blocks 2-4 use 2W, 4W, 8W)")
     r.set_defaults(func=cmd_random_model)
+
+    from npfrcnn.cli_train import register
+
+    register(sub)  # synth, train, eval, demo
     return parser
 
 

@@ -142,7 +142,11 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "detect" in capsys.readouterr().err
 
 
-def test_detect_without_weights_explains(images: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_detect_without_weights_explains(
+    images: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As in an installation without the shipped demo model.
+    monkeypatch.setattr("npfrcnn.cli_train.default_weights", lambda: None)
     assert main(["detect", str(images)]) == 2
     err = capsys.readouterr().err
     assert "--weights is required" in err
