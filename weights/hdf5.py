@@ -176,6 +176,10 @@ def write(
             f.attrs["provenance"] = json.dumps(prov, sort_keys=True)
             for name in sorted(arrays):
                 f.create_dataset(name, data=np.ascontiguousarray(arrays[name]))
+        # mkstemp creates 0600; give the file the permissions a plain open() would have.
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
