@@ -103,8 +103,12 @@ def cmd_train(args: argparse.Namespace, log: Any) -> int:
     except ValueError as e:
         log.error(str(e))
         return 2
-    command = "npfrcnn " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if args.command_line \
-        is None else args.command_line
+    given = getattr(args, "argv", sys.argv[1:])
+    command = (
+        "npfrcnn " + " ".join(shlex.quote(a) for a in given)
+        if args.command_line is None
+        else args.command_line
+    )
     log.info(
         f"training ResNet-{config.depth} (width {args.width}) on {len(ds)} images, "
         f"{len(ds.classes)} classes {ds.classes}, {args.steps} steps"
