@@ -186,9 +186,12 @@ def test_shipped_model_matches_tf_on_a_synthetic_image() -> None:
     confident = dets.scores >= 0.5
     tf_confident = ref["probs"] >= 0.5
     np.testing.assert_array_equal(dets.labels[confident], ref["labels"][tf_confident])
-    # Same network in float32 on both sides: boxes agree to float32 rounding of the features
-    # (observed ~1e-5 px); 1e-2 px is far below anything visible and far above rounding.
-    np.testing.assert_allclose(dets.boxes[confident], ref["boxes"][tf_confident], atol=1e-2)
+    # Same network in float32 on both sides; only summation order differs. The stage parity
+    # tests bound head outputs at 5e-6 relative, and a delta error of that size moves a box
+    # of at most 128 px (the image) by well under 1e-3 px (observed: <= 2.3e-5 px). Softmax
+    # probabilities likewise agree to ~1e-6 (observed <= 3e-7).
+    np.testing.assert_allclose(dets.boxes[confident], ref["boxes"][tf_confident], atol=1e-3)
+    np.testing.assert_allclose(dets.scores[confident], ref["probs"][tf_confident], atol=1e-5)
     np.testing.assert_allclose(dets.scores[confident], ref["probs"][tf_confident], atol=1e-4)
     # And the demo model finds the objects of this image (a trained model, not random).
     assert confident.sum() >= len(gt)
