@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from npfrcnn._validate import as_boxes, as_float_array, check_backend, check_size_pair
-from npfrcnn.ops.roi_align import cuda_module
+from npfrcnn.ops._backend import kernel_module
 
 __all__ = ["crop_and_resize", "crop_and_pool"]
 
@@ -194,14 +194,15 @@ def _run_pool_cpu(
 def _run_crop_cuda(
     img: F32, bx: F32, idx: npt.NDArray[np.int32], ch: int, cw: int, nearest: bool, ev: np.float32
 ) -> F32:
-    out = cuda_module("crop_and_resize").crop_and_resize(img, bx, idx, ch, cw, nearest, float(ev))
+    cuda_crop = kernel_module("cuda", "crop_and_resize")
+    out = cuda_crop.crop_and_resize(img, bx, idx, ch, cw, nearest, float(ev))
     return np.asarray(out, dtype=np.float32)
 
 
 def _run_pool_cuda(
     img: F32, bx: F32, idx: npt.NDArray[np.int32], ch: int, cw: int, ev: np.float32
 ) -> F32:
-    out = cuda_module("crop_and_resize").crop_and_pool(img, bx, idx, ch, cw, float(ev))
+    out = kernel_module("cuda", "crop_and_resize").crop_and_pool(img, bx, idx, ch, cw, float(ev))
     return np.asarray(out, dtype=np.float32)
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import heapq
-import importlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +49,7 @@ from npfrcnn._validate import (
     check_positive_int,
     check_unit_interval,
 )
+from npfrcnn.ops._backend import kernel as backend_kernel
 
 __all__ = ["batched_nms", "nms", "soft_nms"]
 
@@ -226,20 +226,6 @@ def _candidates(scores: npt.NDArray[np.float32], score_threshold: np.float32) ->
     return idx[np.argsort(key, kind="stable")].astype(np.int64)
 
 
-def _kernels(backend: str, name: str) -> Any:
-    """The kernel ``name`` of ``backend`` ("cpu" or "cuda"), imported on first use."""
-    module = f"npfrcnn.kernels.{backend}.nms"
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        if backend == "cpu":
-            raise
-        raise ValueError(
-            f"backend {backend!r} is not available yet for NMS ({module}.{name} is missing); "
-            f"use backend='cpu' or backend='numpy'"
-        ) from None
-
-
 def _check_sigma(sigma: float) -> np.float32:
     try:
         v = float(sigma)
@@ -293,10 +279,9 @@ def nms(
     if backend == "numpy":
         return _reference(b, s, limit, thr, st, F32(0.0))[0]
     if backend == "cuda":  # the whole pipeline, score sort included, runs on the device
-        from npfrcnn.kernels.cuda import nms as cuda_nms
-
-        return np.asarray(cuda_nms.nms(b, s, thr, limit, st), dtype=np.int64)
-    kernel = _kernels(backend, "nms_kernel")
+        cuda_nms = backend_kernel(backend, "nms", "nms")
+        return np.asarray(cuda_nms(b, s, thr, limit, st), dtype=np.int64)
+    kernel = backend_kernel(backend, "nms", "nms_kernel")
     return np.asarray(kernel(b, _candidates(s, st), thr, limit), dtype=np.int64)
 
 
@@ -339,7 +324,7 @@ def soft_nms(
     if backend == "numpy":
         idx, out = _reference(b, s, limit, thr, st, sig)
     else:
-        kernel = _kernels(backend, "soft_nms_kernel")
+        kernel = backend_kernel(backend, "nms", "soft_nms_kernel")
         idx, out = kernel(b, s, _candidates(s, st), thr, st, sig, limit)
         idx, out = np.asarray(idx, np.int64), np.asarray(out, np.float32)
     if idx.shape[0]:
@@ -401,10 +386,9 @@ def batched_nms(
         key = -(s[out] + F32(0.0))
         return out[np.lexsort((out, key))].astype(np.int64)
     if backend == "cuda":
-        from npfrcnn.kernels.cuda import nms as cuda_nms
-
-        return np.asarray(cuda_nms.batched_nms(b, s, dense, thr, limit, st), dtype=np.int64)
-    kernel = _kernels(backend, "batched_nms_kernel")
+        cuda_batched = backend_kernel(backend, "nms", "batched_nms")
+        return np.asarray(cuda_batched(b, s, dense, thr, limit, st), dtype=np.int64)
+    kernel = backend_kernel(backend, "nms", "batched_nms_kernel")
     return np.asarray(kernel(b, _candidates(s, st), dense, thr, limit), dtype=np.int64)
 
 

@@ -13,7 +13,6 @@ torchvision.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from npfrcnn._validate import as_float_array, check_backend, check_size_pair
+from npfrcnn.ops._backend import kernel_module
 
 __all__ = ["roi_align"]
 
@@ -161,24 +161,6 @@ def _roi_align_reference(
 # --------------------------------------------------------------------------------------------
 
 
-def cuda_module(op: str) -> Any:
-    """``npfrcnn.kernels.cuda.<op>``, or a clear error where the CUDA backend cannot run."""
-    try:
-        module = importlib.import_module(f"npfrcnn.kernels.cuda.{op}")
-        from npfrcnn.kernels.cuda._cuda import cuda
-    except ImportError as err:
-        raise NotImplementedError(
-            f"backend='cuda' is not available for {op} ({err}); "
-            "use backend='cpu' (Numba) or backend='numpy' (reference)"
-        ) from err
-    if not cuda.is_available():
-        raise RuntimeError(
-            f"backend='cuda' needs a CUDA GPU (or NUMBA_ENABLE_CUDASIM=1) for {op}; "
-            "use backend='cpu' or backend='numpy'"
-        )
-    return module
-
-
 def _run_cpu(
     fmap: F32,
     r: F32,
@@ -204,7 +186,7 @@ def _run_cuda(
     ratio: int,
     align: bool,
 ) -> F32:
-    out = cuda_module("roi_align").roi_align(fmap, r, size, float(scale), ratio, align)
+    out = kernel_module("cuda", "roi_align").roi_align(fmap, r, size, float(scale), ratio, align)
     return np.asarray(out, dtype=np.float32)
 
 

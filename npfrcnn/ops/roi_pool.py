@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from npfrcnn.ops.roi_align import cuda_module, validate_rois
+from npfrcnn.ops._backend import kernel_module
+from npfrcnn.ops.roi_align import validate_rois
 
 __all__ = ["roi_pool"]
 
@@ -77,7 +78,8 @@ def _run_cpu(
 def _run_cuda(
     fmap: F32, r: F32, batch: npt.NDArray[np.int64], scale: np.float32, size: tuple[int, int]
 ) -> F32:
-    return np.asarray(cuda_module("roi_pool").roi_pool(fmap, r, size, float(scale)), np.float32)
+    cuda_pool = kernel_module("cuda", "roi_pool")
+    return np.asarray(cuda_pool.roi_pool(fmap, r, size, float(scale)), np.float32)
 
 
 # backend name -> runner taking the validated arrays (see ``validate_rois``).
