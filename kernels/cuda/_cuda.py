@@ -45,6 +45,7 @@ __all__ = [
     "blocks_for",
     "cuda",
     "device_array",
+    "device_function",
     "fadd",
     "fdiv",
     "fmul",
@@ -175,11 +176,27 @@ def device_array(shape: int | tuple[int, ...], dtype: npt.DTypeLike) -> Any:
     return cuda.device_array(shape, dtype=np.dtype(dtype))
 
 
+def device_function(fn: Any) -> Any:
+    """``cuda.jit(device=True)`` on a GPU; the plain Python function under the simulator.
+
+    The simulator runs a device function as the same Python code, but wraps every call in a
+    per-module lock and a swap of the module's ``cuda`` global (so that the function sees the
+    launching kernel's thread indices). Our device functions use no ``cuda`` API, so the swap does
+    nothing for them, while the lock makes every simulated thread queue on each ``fadd``: a
+    130-box NMS took minutes and was at the mercy of the machine's load. Kernels (``cuda.jit``
+    without ``device``) are simulated as usual. A device function that needs the ``cuda`` API
+    must use ``cuda.jit(device=True)`` directly.
+    """
+    if SIMULATED:
+        return fn
+    return cuda.jit(device=True)(fn)
+
+
 #: Smallest normal float32; below it ``ftz`` flushes.
 TINY = np.float32(np.finfo(np.float32).tiny)
 
 
-@cuda.jit(device=True)
+@device_function
 def ftz(x):
     """``x`` with a subnormal value flushed to +0.0 (NaN kept): TF's CPU threads run with FTZ
     and DAZ, and the NMS reference emulates that, so the NMS kernels flush where it does."""
@@ -190,19 +207,15 @@ def ftz(x):
 
 if SIMULATED:
     # NumPy float32 scalars round every operation to float32, exactly like the intrinsics.
-    @cuda.jit(device=True)
     def fadd(a, b):
         return np.float32(a) + np.float32(b)
 
-    @cuda.jit(device=True)
     def fsub(a, b):
         return np.float32(a) - np.float32(b)
 
-    @cuda.jit(device=True)
     def fmul(a, b):
         return np.float32(a) * np.float32(b)
 
-    @cuda.jit(device=True)
     def fdiv(a, b):
         return np.float32(a) / np.float32(b)
 

@@ -28,14 +28,14 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _cuda
-from ._cuda import cuda, fadd, fdiv, fmul, fsub
+from ._cuda import cuda, device_function, fadd, fdiv, fmul, fsub
 
 __all__ = ["crop_and_pool", "crop_and_resize"]
 
 _LOWEST = np.float32(np.finfo(np.float32).min)
 
 
-@cuda.jit(device=True)
+@device_function
 def _coord(lo, hi, i, size, crop):
     """TF's ``in_y`` / ``in_x`` for output row/column ``i`` (float32)."""
     span = np.float32(size - 1)
@@ -45,7 +45,7 @@ def _coord(lo, hi, i, size, crop):
     return np.float32(0.5 * np.float64(fadd(lo, hi)) * np.float64(size - 1))
 
 
-@cuda.jit(device=True)
+@device_function
 def _round_half_away(c):
     """C's ``roundf`` for ``c >= 0``: ``c - floor(c)`` is exact in float32."""
     f = int(math.floor(c))
@@ -54,7 +54,7 @@ def _round_half_away(c):
     return f
 
 
-@cuda.jit(device=True)
+@device_function
 def _bilinear(image, b, cy, cx, c, h, w):
     """The bilinear sample at in-range float32 ``(cy, cx)`` of channel ``c``, TF's order."""
     top = int(math.floor(cy))
@@ -72,7 +72,7 @@ def _bilinear(image, b, cy, cx, c, h, w):
     return fadd(upper, fmul(fsub(lower, upper), ylerp))
 
 
-@cuda.jit(device=True)
+@device_function
 def _inside(v, size):
     return v >= np.float32(0.0) and v <= np.float32(size - 1)  # False for NaN
 

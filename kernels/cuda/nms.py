@@ -46,8 +46,8 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _cuda
-from ._cuda import NMS_BLOCK, cuda, fadd, fdiv, fmul, fsub, ftz
-from .sort import padded_length, sort_keys
+from ._cuda import NMS_BLOCK, cuda, device_function, fadd, fdiv, fmul, fsub, ftz
+from .sort import padded_length, sort_keys, sort_threads
 
 __all__ = ["batched_nms", "batched_nms_kernel", "nms", "nms_kernel"]
 
@@ -110,7 +110,7 @@ def _gather(order, boxes, count, sboxes):
         sboxes[p, 4] = ftz(fmul(ftz(fsub(ymax, ymin)), ftz(fsub(xmax, xmin))))
 
 
-@cuda.jit(device=True)
+@device_function
 def _iou(a0, a1, a2, a3, area_a, b0, b1, b2, b3, area_b):
     zero = np.float32(0.0)
     if area_a <= zero or area_b <= zero:
@@ -255,14 +255,15 @@ def _flushed(v: float) -> np.float32:
 def _device_order(d_scores: Any, score_threshold: float, tpb: int) -> tuple[Any, Any]:
     """Candidates in visiting order, sorted on the device: ``(order [N] int64, count [1])``."""
     n = int(d_scores.shape[0])
-    p = padded_length(n, tpb)
+    st = sort_threads(tpb)
+    p = padded_length(n, st)
     keys = _cuda.scratch("nms.keys", p, np.uint64)
     count = _cuda.scratch("nms.count", 1, np.int32)
     _reset[1, 1](count)
     _score_keys[_cuda.blocks_for(p, tpb), tpb](
         d_scores, d_scores.view(np.uint32), n, _flushed(score_threshold), keys, count
     )
-    sort_keys(keys, tpb)
+    sort_keys(keys, st)
     order = _cuda.scratch("nms.order", n, np.int64)
     _keys_to_order[_cuda.blocks_for(n, tpb), tpb](keys, count, order)
     return order, count

@@ -27,12 +27,12 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _cuda
-from ._cuda import cuda, fadd, fdiv, fmul, fsub
+from ._cuda import cuda, device_function, fadd, fdiv, fmul, fsub
 
 __all__ = ["roi_align"]
 
 
-@cuda.jit(device=True)
+@device_function
 def _sample(features, b, y, x, c, h, w):
     """torchvision's ``bilinear_interpolate`` at float32 ``(y, x)``, channel ``c``."""
     zero = np.float32(0.0)

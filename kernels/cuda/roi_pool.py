@@ -23,14 +23,14 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _cuda
-from ._cuda import cuda, fdiv, fmul, fsub
+from ._cuda import cuda, device_function, fdiv, fmul, fsub
 
 __all__ = ["roi_pool"]
 
 _LOWEST = np.float32(np.finfo(np.float32).min)
 
 
-@cuda.jit(device=True)
+@device_function
 def _roundf(v):
     """C's ``roundf`` (halves away from zero) of a float32, as an int."""
     a = abs(v)
