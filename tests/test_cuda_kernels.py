@@ -6,6 +6,12 @@ is lowered (``set_threads_per_block``) so each launch still spans several blocks
 130 boxes span three 64-box mask blocks. Tests marked ``gpu`` need a real GPU
 (``NPFRCNN_TEST_GPU=1`` on a machine with one) and check full-size inputs.
 
+The simulator runs each block's threads as Python threads, so it does exercise the barriers and
+shared memory; the kernels' device functions run as plain Python there (``_cuda.device_function``:
+the simulator's own wrapper serialised every call on a lock, which made a 130-box NMS take a
+minute and, on a loaded machine, many minutes). ``test_cuda_compile.py`` compiles the same
+kernels for a real GPU.
+
 Every comparison with the reference is bitwise (``assert_same`` with no tolerance): the kernels
 do their float32 arithmetic with non-contracting operations, in the reference's order.
 """
@@ -25,15 +31,6 @@ from npfrcnn.kernels.cuda import roi_pool as cuda_roi_pool
 from npfrcnn.kernels.cuda import sort as cuda_sort
 from tests.helpers import assert_same
 from tests.strategies import integer_box_pairs, iou_thresholds, nms_cases
-
-# Opt-in (--run-slow), not in the default CI run: under NUMBA_ENABLE_CUDASIM the multi-block NMS
-# tests were seen to crawl (>5 min, threads convoying on the simulator's per-module lock around
-# every device-function call) and once to fail, nondeterministically, on code that had passed
-# the same tests minutes before. Until that is understood (simulator artefact or a real race in
-# kernels/cuda/nms.py), these tests must not be able to hang CI. The front doors' backend="cuda"
-# dispatch is still covered in CI by tests/test_nms.py, test_crop_and_resize.py, test_roi_align.py
-# and test_roi_pool.py (tiny inputs), and test_backend.py covers the error paths.
-pytestmark = pytest.mark.slow
 
 if not _cuda.cuda.is_available():  # pragma: no cover - a GPU run asked for on a machine without
     pytest.skip("no CUDA device and the simulator is off", allow_module_level=True)
