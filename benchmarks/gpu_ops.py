@@ -1,6 +1,6 @@
 """GPU kernels beside torchvision: NMS, crop_and_pool, RoIAlign, RoIPool (run on a real GPU).
 
-    python benchmarks/gpu_ops.py [--repeat 50] [--warmup 5] [--out table.md] [--quick]
+    python benchmarks/gpu_ops.py [--repeat 50] [--warmup 5] [--write] [--out table.md] [--quick]
 
 Every input is made on the device before timing; each op is called once untimed (for numba,
 that first call compiles the kernels: reported apart, in the "first call" column), then
@@ -17,6 +17,11 @@ adaptive sampling: Detectron2 C4; and 7x7, sampling 2) for 300 and 2,000 RoIs on
 map; RoIPool 7x7. torchvision works in NCHW, ours in NHWC: each gets the feature map in its
 own layout. The ratio column is ours / torchvision (below 1: ours is faster).
 
+``--write`` replaces the "CUDA kernels (GPU)" section of benchmarks/RESULTS.md with the table,
+the GPU, the versions, and whether the issue's two targets hold (NMS at 12,000 boxes no slower
+than torchvision's; crop_and_pool and RoIAlign at 2,000 RoIs no slower than torchvision's
+RoIAlign of the same output size).
+
 It refuses to run under numba's CUDA simulator (``cuda.is_available()`` is true there too) or
 without a GPU: simulated timings mean nothing.
 """
@@ -30,9 +35,43 @@ import sys
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from _harness import git_revision, machine_description, replace_section
+
+SECTION = "CUDA kernels (GPU)"
+
+
+def _targets(rows: list[tuple[str, str, float, float, float | None]]) -> list[str]:
+    """The issue's targets, judged on the measured ratios (ours / torchvision, <= 1 to pass)."""
+    out = []
+    wanted = [
+        ("nms (IoU 0.7)", "12,000", "NMS at 12,000 boxes no slower than torchvision.ops.nms"),
+        (
+            "crop_and_pool 14x14 -> 7x7 (vs tv roi_align 7x7, sr 2)",
+            "2,000",
+            "crop_and_pool at 2,000 RoIs no slower than torchvision's roi_align (7x7, sr 2)",
+        ),
+        (
+            "roi_align 7x7 sr 2",
+            "2,000",
+            "roi_align 7x7 at 2,000 RoIs no slower than torchvision's roi_align",
+        ),
+        (
+            "roi_align 14x14 aligned sr 0",
+            "2,000",
+            "roi_align 14x14 at 2,000 RoIs no slower than torchvision's roi_align",
+        ),
+    ]
+    for op, size, text in wanted:
+        for r_op, r_size, _, ms, tv_ms in rows:
+            if r_op == op and r_size == size and tv_ms:
+                verdict = "met" if ms <= tv_ms else "NOT met"
+                out.append(f"{text}: {verdict} ({ms / tv_ms:.2f}x)")
+    return out
 
 
 def _refuse_if_simulated() -> None:
@@ -126,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         "--smoke", action="store_true", help="tiny sizes: checks the harness, times nothing useful"
     )
     parser.add_argument("--out", help="also write the table (markdown) to this file")
+    parser.add_argument(
+        "--write", action="store_true", help=f'replace the "{SECTION}" section of RESULTS.md'
+    )
     args = parser.parse_args(argv)
 
     _refuse_if_simulated()
@@ -142,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     dev = torch.device("cuda")
     rng = np.random.default_rng(0)
     rows: list[tuple[str, str, float, float, float | None]] = []
+    checks: list[str] = []
 
     def add(op: str, size: str, ours: Callable[[], Any], theirs: Callable[[], Any] | None) -> None:
         first, ms = _time_numba(ours, args.warmup, args.repeat)
@@ -163,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         ours = k_nms.nms(d_boxes, d_scores, 0.7).copy_to_host()
         theirs = tv.nms(t_boxes, t_scores, 0.7).cpu().numpy()
         same = "same" if np.array_equal(ours, theirs) else "DIFFERENT"
-        print(f"nms {n}: {len(ours)} kept, indices {same} as torchvision's")
+        checks.append(f"nms {n:,} boxes: {len(ours)} kept, indices {same} as torchvision's")
+        print(checks[-1])
         add(
             "nms (IoU 0.7)",
             f"{n:,}",
@@ -200,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             mine = ours_fn().copy_to_host()
             ref = theirs_fn().permute(0, 2, 3, 1).cpu().numpy()
             diff = float(np.max(np.abs(mine - ref))) if mine.shape == ref.shape else float("nan")
-            print(f"{label}, {k} RoIs: max |ours - torchvision| = {diff:.3g}")
+            checks.append(f"{label}, {k:,} RoIs: max |ours - torchvision| = {diff:.3g}")
+            print(checks[-1])
         add(
             "crop_and_pool 14x14 -> 7x7 (vs tv roi_align 7x7, sr 2)",
             size,
@@ -228,10 +273,18 @@ def main(argv: list[str] | None = None) -> int:
 
     name = getattr(cuda.get_current_device(), "name", "unknown GPU")
     name = name.decode() if isinstance(name, bytes) else name
+    import numba_cuda
+
+    command = "python benchmarks/gpu_ops.py" + "".join(
+        f" {a}" for a in (argv if argv is not None else sys.argv[1:])
+    )
     lines = [
-        f"GPU: {name}; torch {torch.__version__}, torchvision {torchvision.__version__}; "
-        f"median of {args.repeat} after {args.warmup} warm-up calls, CUDA events, inputs on "
-        "the device",
+        f"GPU: {name}; host: {machine_description()}; numba-cuda "
+        f"{getattr(numba_cuda, '__version__', '?')}, torch {torch.__version__}, torchvision "
+        f"{torchvision.__version__}.",
+        f"Command: `{command}` (revision {git_revision()}); median of {args.repeat} calls after "
+        f"{args.warmup} warm-up calls, each timed with CUDA events and synchronised, inputs "
+        "already on the device; the first call (numba compiles the kernels) is reported apart.",
         "",
         "| op | size | ours (ms) | torchvision (ms) | ours / tv | ours first call (s, compile) |",
         "|---|---:|---:|---:|---:|---:|",
@@ -240,12 +293,22 @@ def main(argv: list[str] | None = None) -> int:
         tvs = f"{tv_ms:.3f}" if tv_ms else "-"
         ratio = f"{ms / tv_ms:.2f}" if tv_ms else "-"
         lines.append(f"| {op} | {size} | {ms:.3f} | {tvs} | {ratio} | {first:.2f} |")
+    lines += ["", "Checks on the same inputs:", ""] + [f"* {c}" for c in checks]
+    verdicts = _targets(rows)
+    if verdicts:
+        lines += ["", "Targets:", ""] + [f"* {v}" for v in verdicts]
     table = "\n".join(lines)
     print()
     print(table)
     if args.out:
         with open(args.out, "w") as f:
             f.write(table + "\n")
+    if args.write:
+        if args.smoke or args.quick:
+            print("not writing RESULTS.md from a --smoke or --quick run", file=sys.stderr)
+        else:
+            replace_section(Path(__file__).with_name("RESULTS.md"), SECTION, table)
+            print("wrote benchmarks/RESULTS.md", file=sys.stderr)
     return 0
 
 
