@@ -94,7 +94,10 @@ def cmd_train(args: argparse.Namespace, log: Any) -> int:
         return 2
     try:
         config = small_config(len(ds.classes), depth=args.depth, width=args.width,
-                              output_stride=args.output_stride)
+                              output_stride=args.output_stride,
+                              anchor_base_size=args.anchor_base,
+                              anchor_scales=args.anchor_scales,
+                              anchor_ratios=args.anchor_ratios)
         tc = TrainConfig(
             steps=args.steps, learning_rate=args.lr, seed=args.seed,
             checkpoint_every=args.checkpoint_every,
@@ -269,6 +272,24 @@ def cmd_demo(args: argparse.Namespace, log: Any) -> int:
 # Parser -------------------------------------------------------------------------------------
 
 
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (v > 0 and np.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    """``"0.5,1,2"`` -> ``(0.5, 1.0, 2.0)``: positive numbers separated by commas."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}")
+    return tuple(_positive_float(p) for p in parts)
+
+
 def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="dataset folder")
     p.add_argument("--format", required=True, choices=("wheat", "coco"),
@@ -310,6 +331,14 @@ def register(sub: Any) -> None:
     t.add_argument("--anchor-border", type=float, default=0.0, metavar="PIXELS",
                    help="train anchors straddling the image border by up to PIXELS (default 0, "
                    "Luminoth's; use e.g. 64 on small images)")
+    t.add_argument("--anchor-base", type=_positive_float, default=32.0, metavar="PIXELS",
+                   help="anchor base size in input pixels (default 32); anchors are base x "
+                   "scale, shaped by each ratio")
+    t.add_argument("--anchor-scales", type=_float_list, default=(0.5, 1.0, 2.0),
+                   metavar="S,S,...", help="anchor scales (default 0.5,1,2: 16, 32, 64 px; "
+                   "Kaggle wheat heads on 1,024-px photos: --anchor-base 64 gives 32..128 px)")
+    t.add_argument("--anchor-ratios", type=_float_list, default=(0.5, 1.0, 2.0),
+                   metavar="R,R,...", help="anchor aspect ratios, height / width (0.5,1,2)")
     t.add_argument("--resume", action="store_true", help="continue from OUT.ckpt.npz")
     t.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
     t.set_defaults(func=cmd_train)

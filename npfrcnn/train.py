@@ -142,12 +142,18 @@ def small_config(
     *,
     output_stride: int = 16,
     image_size: int = 128,
+    anchor_base_size: float = 32.0,
+    anchor_scales: tuple[float, ...] = (0.5, 1.0, 2.0),
+    anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0),
 ) -> ModelConfig:
     """A small ``workshop``-convention network for small images (the demo model's shape).
 
     ResNet of ``depth`` with widths ``(w, 2w, 4w, 4w)`` (``root_depth = w``), RPN depth
-    ``8w``; anchors of 16, 32 and 64 pixels (base 32, scales 0.5..2, ratios 0.5..2) for
-    objects of 14..60 pixels; 1,000 pre-NMS and 100 post-NMS proposals; 100 detections.
+    ``8w``; by default anchors of 16, 32 and 64 pixels (base 32, scales 0.5..2, ratios
+    0.5..2, height / width) for objects of 14..60 pixels: set ``anchor_base_size`` (pixels),
+    ``anchor_scales`` and ``anchor_ratios`` for other object sizes (the Kaggle wheat heads,
+    20..150 pixels on 1,024-pixel photos, suit base 64 with scales 0.5..2, i.e. 32..128 pixels);
+    1,000 pre-NMS and 100 post-NMS proposals; 100 detections.
     ``output_stride`` 8 runs block2's last unit and block3 at stride 1 with dilated 3x3s
     (finer anchors and features for small objects). ``image_size`` is informational (anchors
     suit images of about 128 pixels).
@@ -160,8 +166,9 @@ def small_config(
         root_depth=w,
         base_depths=(w, 2 * w, 4 * w, 4 * w),
         rpn_depth=8 * w,
-        anchor_base_size=32.0,
-        anchor_scales=(0.5, 1.0, 2.0),
+        anchor_base_size=float(anchor_base_size),
+        anchor_scales=tuple(float(v) for v in anchor_scales),
+        anchor_ratios=tuple(float(v) for v in anchor_ratios),
         rpn_pre_nms_top_n=1000,
         rpn_post_nms_top_n=100,
         class_max_detections=100,
@@ -495,6 +502,12 @@ class Trainer:
         return dict(meta)
 
 
+def checkpoint_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``extra`` a checkpoint was saved with (dataset hash, train and model config)."""
+    with np.load(path) as z:
+        return dict(json.loads(str(z["meta"])))
+
+
 class _Progress:
     """A one-line progress bar on a stream (a line per ``every`` steps when not a TTY)."""
 
@@ -572,6 +585,16 @@ def train(
     if resume:
         if not ckpt.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint {str(ckpt)!r} to resume from")
+        saved: dict[str, Any] = checkpoint_meta(ckpt).get("config") or {}
+        now = cfg.to_dict()
+        changed = [k for k in sorted(now) if saved and saved.get(k) != now[k]]
+        if changed:
+            diff = "; ".join(f"{k} was {saved.get(k)!r}, now {now[k]!r}" for k in changed)
+            raise ValueError(
+                f"--resume: checkpoint {str(ckpt)!r} was trained with another model "
+                f"configuration ({diff}); resume with the options the run started with, or "
+                "start afresh without --resume"
+            )
         meta = trainer.load_checkpoint(ckpt)
         if meta.get("dataset_sha256") != sha:
             raise ValueError(

@@ -57,6 +57,52 @@ def test_train_records_provenance_and_resumes(trained: tuple[Path, Path]) -> Non
         np.testing.assert_array_equal(after[name], before[name])
 
 
+def test_train_anchor_options_reach_the_model_and_guard_resume(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from npfrcnn.weights.hdf5 import read
+
+    data, _ = trained
+    out = tmp_path / "a.h5"
+    common = ["train", "--data", str(data), "--format", "wheat", "--classes-from-source",
+              "--out", str(out), "--steps", "2", "--width", "8", "--checkpoint-every", "1"]
+    assert main([*common, "--anchor-base", "24", "--anchor-scales", "0.5,1",
+                 "--anchor-ratios", "1"]) == 0
+    config = read(out).config
+    assert config.anchor_base_size == 24.0
+    assert config.anchor_scales == (0.5, 1.0)
+    assert config.anchor_ratios == (1.0,)
+    assert config.num_anchors == 2
+    # the RPN was built for 2 anchors per position: its class conv has 2 x 2 outputs
+    assert read(out).tensors["rpn/cls_conv/kernel"].shape[-1] == 4
+    # resuming with other anchors would load weights of another shape: refused, naming both
+    capsys.readouterr()
+    code = main([*common, "--anchor-base", "32", "--anchor-scales", "0.5,1",
+                 "--anchor-ratios", "1", "--resume"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "another model configuration" in err and "anchor_base_size was 24.0, now 32.0" in err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--anchor-scales", "0.5,0,2", "expected a positive number, got '0'"),
+        ("--anchor-ratios", "1,x", "expected a number, got 'x'"),
+        ("--anchor-base", "-8", "expected a positive number, got '-8'"),
+        ("--anchor-scales", ",", "expected numbers separated by commas"),
+    ],
+)
+def test_train_rejects_bad_anchor_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, message: str
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--data", str(tmp_path), "--format", "wheat", "--out",
+              str(tmp_path / "m.h5"), flag, value])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_train_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("tensorflow")
     code = main(["train", "--data", str(tmp_path), "--format", "coco", "--out",
