@@ -292,6 +292,20 @@ def test_crop_and_pool_matches_reference_and_tf(tf, crop):
     assert_same(got, tf.nn.max_pool2d(crops, 2, 2, "VALID").numpy())
 
 
+def test_crop_kernels_across_channel_chunks(tpb):
+    # 70 channels with 8 threads of 4 channels each: 3 chunks per cell, the last one with 6
+    # channels (lanes past the depth write nothing), several cells per block loop
+    tpb(8)
+    assert _cuda.cell_launch(1, 70) == (3, 8)
+    image, boxes, idx = _crop_inputs(15, n=3, depth=70)
+    for method in ("bilinear", "nearest"):
+        want = ops.crop_and_resize(image, boxes, idx, (2, 3), method, -0.5, backend="numpy")
+        got = cuda_crop.crop_and_resize(image, boxes, idx, 2, 3, method == "nearest", -0.5)
+        assert_same(got, want)
+    want = ops.crop_and_pool(image, boxes, idx, (4, 2), -0.5, backend="numpy")
+    assert_same(cuda_crop.crop_and_pool(image, boxes, idx, 4, 2, -0.5), want)
+
+
 def test_crop_and_pool_skips_nan_like_tf_max_pool():
     image = np.arange(2 * 3 * 3, dtype=F32).reshape(2, 3, 3, 1)
     boxes = np.array([[0.0, 0.0, 1.0, 1.0], [3.0, 3.0, 4.0, 4.0], [0.5, 0.5, 1.5, 1.5]], F32)
@@ -365,6 +379,19 @@ def test_roi_pool_matches_reference():
     feats, rois = _roi_inputs(22)
     want = ops.roi_pool(feats, rois, (3, 2), 0.5, backend="numpy")
     assert_same(cuda_roi_pool.roi_pool(feats, rois, (3, 2), 0.5), want)
+
+
+def test_roi_kernels_across_channel_chunks(tpb):
+    # as test_crop_kernels_across_channel_chunks: 70 channels, 3 chunks of 32, the last partial
+    tpb(8)
+    _, rois = _roi_inputs(24, k=3)
+    feats = np.random.default_rng(24).standard_normal((2, 6, 7, 70)).astype(F32)
+    for sampling_ratio, aligned in [(2, False), (0, True)]:
+        want = ops.roi_align(feats, rois, (2, 2), 0.5, sampling_ratio, aligned, backend="numpy")
+        got = cuda_roi_align.roi_align(feats, rois, (2, 2), 0.5, sampling_ratio, aligned)
+        assert_same(got, want)
+    want = ops.roi_pool(feats, rois, (2, 3), 0.5, backend="numpy")
+    assert_same(cuda_roi_pool.roi_pool(feats, rois, (2, 3), 0.5), want)
 
 
 def test_roi_device_arrays_stay_on_the_device():

@@ -5,7 +5,8 @@ numba-cuda to its successor touches this file only.
 
 Launch configuration
     ``THREADS_PER_BLOCK`` (default 256) is the block size of every grid-stride kernel and of
-    the NMS sort and final pass; drivers read it at call time through ``threads_per_block()``.
+    the NMS final pass, and the upper bound of the RoI kernels' blocks (``cell_launch``; the NMS
+    sort uses ``4 x`` it, at most 1,024); drivers read it at call time.
     Tests lower it (``set_threads_per_block(8)``) so that tiny inputs still span several blocks
     under the simulator (``NUMBA_ENABLE_CUDASIM=1``). ``NMS_BLOCK = 64`` is fixed: one bit per
     box in a ``uint64`` mask word. Shared arrays whose size follows the block size are dynamic
@@ -42,7 +43,9 @@ __all__ = [
     "SIMULATED",
     "THREADS_PER_BLOCK",
     "as_device",
+    "CHANNELS_PER_THREAD",
     "blocks_for",
+    "cell_launch",
     "cuda",
     "device_array",
     "device_function",
@@ -56,6 +59,7 @@ __all__ = [
     "release_scratch",
     "scratch",
     "set_threads_per_block",
+    "split_cell",
     "threads_per_block",
     "to_device",
     "to_host",
@@ -97,6 +101,33 @@ def blocks_for(total: int, tpb: int | None = None) -> int:
     """Grid size for a grid-stride loop over ``total`` items (at least 1 block)."""
     t = THREADS_PER_BLOCK if tpb is None else tpb
     return max(1, min(MAX_BLOCKS, math.ceil(total / t)))
+
+
+#: Channels each thread handles in the per-cell RoI kernels (crop, crop-and-pool, RoIAlign,
+#: RoIPool), kept in a per-thread array: the geometry of an output cell (box coordinates, sample
+#: positions, taps and weights, and the 64-bit index arithmetic that finds the cell) is
+#: computed once per thread and reused for this many channels.
+CHANNELS_PER_THREAD: int = 4
+
+#: Upper bound on the grid of the per-cell kernels (each block then loops over cells).
+MAX_CELL_BLOCKS: int = 1 << 20
+
+
+def cell_launch(cells: int, depth: int) -> tuple[int, int]:
+    """``(blocks, threads)`` for a per-cell kernel over ``cells`` output cells of ``depth``
+    channels.
+
+    A block handles one ``(cell, channel chunk)`` at a time; its ``threads`` threads take
+    ``CHANNELS_PER_THREAD`` channels each, thread ``t`` channels ``chunk * span + t + j *
+    threads`` (``span = threads * CHANNELS_PER_THREAD``), so each of a thread's loads is
+    coalesced with its neighbours'. ``threads`` covers ``depth`` in one chunk where the block
+    size allows (at least a warp; 256 threads for 1,024 channels); deeper maps take several
+    chunks, as do the tests' lowered block sizes.
+    """
+    need = -(-depth // CHANNELS_PER_THREAD)
+    threads = min(THREADS_PER_BLOCK, max(32, -(-need // 32) * 32))
+    chunks = -(-depth // (threads * CHANNELS_PER_THREAD))
+    return max(1, min(MAX_CELL_BLOCKS, cells * chunks)), threads
 
 
 def is_device_array(x: object) -> bool:
@@ -203,6 +234,16 @@ def ftz(x):
     if abs(x) < TINY:
         return np.float32(0.0)
     return x
+
+
+@device_function
+def split_cell(t, chunks, out_h, out_w):
+    """Work item ``t`` of a per-cell kernel as ``(chunk, k, y, x)``: cell-major, chunk-minor."""
+    chunk = t % chunks
+    cell = t // chunks
+    x = cell % out_w
+    r = cell // out_w
+    return chunk, r // out_h, r % out_h, x
 
 
 if SIMULATED:

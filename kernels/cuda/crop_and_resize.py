@@ -9,11 +9,13 @@ with ``top + (bottom - top) * lerp``; nearest at ``roundf`` (halves up). Flipped
 (``y1 > y2``) just give a negative scale, i.e. a flipped crop. Every float32 operation goes
 through the non-contracting helpers of ``_cuda`` so the GPU rounds exactly as NumPy does.
 
-Layout: NHWC with channels innermost. One thread per output element in a grid-stride loop over
-the flat output, so consecutive threads read consecutive channels of the same taps and write
-consecutive outputs (coalesced). ``crop_and_pool`` computes each pooled cell from its four
-bilinear samples (TF's max rule: start at -FLT_MAX, keep a strictly greater value, row-major),
-never materialising the crops.
+Layout: NHWC with channels innermost. A block takes one output cell ``(k, y, x)`` (and a chunk
+of channels) at a time and each thread ``CHANNELS_PER_THREAD`` channels of it
+(``_cuda.cell_launch``): a thread computes the cell's sample coordinates and bilinear taps once
+and reuses them for its channels, and consecutive threads read consecutive channels of the same
+taps and write consecutive outputs (coalesced). ``crop_and_pool`` computes each pooled cell from
+its four bilinear samples (TF's max rule: start at -FLT_MAX, keep a strictly greater value,
+row-major), never materialising the crops.
 
 Host drivers take NumPy arrays (copied in, result copied out) or device arrays (no copies; the
 result stays on the device).
@@ -24,11 +26,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numba
 import numpy as np
 import numpy.typing as npt
 
 from . import _cuda
-from ._cuda import cuda, device_function, fadd, fdiv, fmul, fsub
+from ._cuda import CHANNELS_PER_THREAD as CPT
+from ._cuda import cuda, device_function, fadd, fdiv, fmul, fsub, split_cell
 
 __all__ = ["crop_and_pool", "crop_and_resize"]
 
@@ -55,14 +59,18 @@ def _round_half_away(c):
 
 
 @device_function
-def _bilinear(image, b, cy, cx, c, h, w):
-    """The bilinear sample at in-range float32 ``(cy, cx)`` of channel ``c``, TF's order."""
-    top = int(math.floor(cy))
-    bottom = int(math.ceil(cy))
-    left = int(math.floor(cx))
-    right = int(math.ceil(cx))
-    ylerp = fsub(cy, np.float32(top))
-    xlerp = fsub(cx, np.float32(left))
+def _taps(c_y, c_x):
+    """Bilinear taps of an in-range float32 sample ``(c_y, c_x)``: rows, columns and lerps."""
+    top = int(math.floor(c_y))
+    bottom = int(math.ceil(c_y))
+    left = int(math.floor(c_x))
+    right = int(math.ceil(c_x))
+    return top, bottom, left, right, fsub(c_y, np.float32(top)), fsub(c_x, np.float32(left))
+
+
+@device_function
+def _lerp2(image, b, top, bottom, left, right, ylerp, xlerp, c):
+    """The bilinear value of channel ``c`` from its taps, in TF's order."""
     tl = image[b, top, left, c]
     tr = image[b, top, right, c]
     bl = image[b, bottom, left, c]
@@ -82,26 +90,33 @@ def _crop_kernel(image, boxes, box_indices, nearest, extrapolation_value, out):
     n, crop_h, crop_w, depth = out.shape
     h = image.shape[1]
     w = image.shape[2]
-    total = n * crop_h * crop_w * depth
-    start = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    for e in range(start, total, stride):
-        c = e % depth
-        r = e // depth
-        x = r % crop_w
-        r //= crop_w
-        y = r % crop_h
-        k = r // crop_h
+    nt = cuda.blockDim.x
+    span = nt * CPT
+    chunks = (depth + span - 1) // span
+    for t in range(cuda.blockIdx.x, n * crop_h * crop_w * chunks, cuda.gridDim.x):
+        chunk, k, y, x = split_cell(t, chunks, crop_h, crop_w)
+        c0 = chunk * span + cuda.threadIdx.x
         cy = _coord(boxes[k, 0], boxes[k, 2], y, h, crop_h)
         cx = _coord(boxes[k, 1], boxes[k, 3], x, w, crop_w)
-        if not (_inside(cy, h) and _inside(cx, w)):
-            out[k, y, x, c] = extrapolation_value
-            continue
         b = box_indices[k]
-        if nearest:
-            out[k, y, x, c] = image[b, _round_half_away(cy), _round_half_away(cx), c]
+        if not (_inside(cy, h) and _inside(cx, w)):
+            for j in range(CPT):
+                c = c0 + j * nt
+                if c < depth:
+                    out[k, y, x, c] = extrapolation_value
+        elif nearest:
+            ry = _round_half_away(cy)
+            rx = _round_half_away(cx)
+            for j in range(CPT):
+                c = c0 + j * nt
+                if c < depth:
+                    out[k, y, x, c] = image[b, ry, rx, c]
         else:
-            out[k, y, x, c] = _bilinear(image, b, cy, cx, c, h, w)
+            top, bottom, left, right, ylerp, xlerp = _taps(cy, cx)
+            for j in range(CPT):
+                c = c0 + j * nt
+                if c < depth:
+                    out[k, y, x, c] = _lerp2(image, b, top, bottom, left, right, ylerp, xlerp, c)
 
 
 @cuda.jit
@@ -109,29 +124,36 @@ def _crop_pool_kernel(image, boxes, box_indices, crop_h, crop_w, extrapolation_v
     n, out_h, out_w, depth = out.shape
     h = image.shape[1]
     w = image.shape[2]
-    total = n * out_h * out_w * depth
-    start = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    for e in range(start, total, stride):
-        c = e % depth
-        r = e // depth
-        x = r % out_w
-        r //= out_w
-        y = r % out_h
-        k = r // out_h
+    nt = cuda.blockDim.x
+    span = nt * CPT
+    chunks = (depth + span - 1) // span
+    best = cuda.local.array(CPT, numba.float32)
+    for t in range(cuda.blockIdx.x, n * out_h * out_w * chunks, cuda.gridDim.x):
+        chunk, k, y, x = split_cell(t, chunks, out_h, out_w)
+        c0 = chunk * span + cuda.threadIdx.x
         b = box_indices[k]
-        best = _LOWEST
+        for j in range(CPT):
+            best[j] = _LOWEST
         for dy in range(2):
             cy = _coord(boxes[k, 0], boxes[k, 2], 2 * y + dy, h, crop_h)
             for dx in range(2):
                 cx = _coord(boxes[k, 1], boxes[k, 3], 2 * x + dx, w, crop_w)
                 if _inside(cy, h) and _inside(cx, w):
-                    v = _bilinear(image, b, cy, cx, c, h, w)
+                    top, bottom, left, right, ylerp, xlerp = _taps(cy, cx)
+                    for j in range(CPT):
+                        c = c0 + j * nt
+                        if c < depth:
+                            v = _lerp2(image, b, top, bottom, left, right, ylerp, xlerp, c)
+                            if v > best[j]:  # strictly greater: NaN skipped, first equal kept
+                                best[j] = v
                 else:
-                    v = extrapolation_value
-                if v > best:  # strictly greater: NaN skipped, first of equal values kept
-                    best = v
-        out[k, y, x, c] = best
+                    for j in range(CPT):
+                        if extrapolation_value > best[j]:
+                            best[j] = extrapolation_value
+        for j in range(CPT):
+            c = c0 + j * nt
+            if c < depth:
+                out[k, y, x, c] = best[j]
 
 
 def _inputs(image: Any, boxes: Any, box_indices: Any) -> tuple[bool, Any, Any, Any]:
@@ -174,10 +196,9 @@ def crop_and_resize(
     n = int(d_boxes.shape[0])
     on_device = on_device or out is not None
     out = _cuda.output(out, (n, crop_h, crop_w, int(d_img.shape[3])))
-    total = out.size
-    if total:
-        tpb = _cuda.threads_per_block()
-        _crop_kernel[_cuda.blocks_for(total, tpb), tpb](
+    if out.size:
+        blocks, threads = _cuda.cell_launch(n * crop_h * crop_w, int(d_img.shape[3]))
+        _crop_kernel[blocks, threads](
             d_img, d_boxes, d_idx, bool(nearest), np.float32(extrapolation_value), out
         )
     return out if on_device else out.copy_to_host()
@@ -207,10 +228,9 @@ def crop_and_pool(
     n = int(d_boxes.shape[0])
     on_device = on_device or out is not None
     out = _cuda.output(out, (n, crop_h // 2, crop_w // 2, int(d_img.shape[3])))
-    total = out.size
-    if total:
-        tpb = _cuda.threads_per_block()
-        _crop_pool_kernel[_cuda.blocks_for(total, tpb), tpb](
+    if out.size:
+        blocks, threads = _cuda.cell_launch(n * (crop_h // 2) * (crop_w // 2), int(d_img.shape[3]))
+        _crop_pool_kernel[blocks, threads](
             d_img, d_boxes, d_idx, crop_h, crop_w, np.float32(extrapolation_value), out
         )
     return out if on_device else out.copy_to_host()

@@ -14,7 +14,9 @@ Same function as ``npfrcnn.ops.roi_align(..., backend="numpy")``. For RoI ``k`` 
 
 Every float32 operation goes through the non-contracting helpers of ``_cuda``, so the result is
 bitwise the reference's (torchvision's own CUDA build contracts to FMAs and differs in the last
-bits). One thread per output element ``(k, ph, pw, c)``, channels innermost: the taps of
+bits). A block takes one output bin ``(k, ph, pw)`` (and a chunk of channels) at a time and each
+thread ``CHANNELS_PER_THREAD`` channels of it (``_cuda.cell_launch``): the RoI geometry and each
+sample's taps and weights are computed once per thread and reused for its channels; the taps of
 consecutive threads are consecutive channels (coalesced reads and writes).
 """
 
@@ -23,22 +25,25 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numba
 import numpy as np
 import numpy.typing as npt
 
 from . import _cuda
-from ._cuda import cuda, device_function, fadd, fdiv, fmul, fsub
+from ._cuda import CHANNELS_PER_THREAD as CPT
+from ._cuda import cuda, device_function, fadd, fdiv, fmul, fsub, split_cell
 
 __all__ = ["roi_align"]
 
 
 @device_function
-def _sample(features, b, y, x, c, h, w):
-    """torchvision's ``bilinear_interpolate`` at float32 ``(y, x)``, channel ``c``."""
+def _weights(y, x, h, w):
+    """torchvision's ``bilinear_interpolate`` geometry of the float32 sample ``(y, x)``:
+    ``(valid, y_low, y_high, x_low, x_high, w1, w2, w3, w4)``; an invalid sample counts 0."""
     zero = np.float32(0.0)
     one = np.float32(1.0)
     if y < np.float32(-1.0) or y > np.float32(h) or x < np.float32(-1.0) or x > np.float32(w):
-        return zero
+        return False, 0, 0, 0, 0, zero, zero, zero, zero
     if y <= zero:
         y = zero
     if x <= zero:
@@ -61,14 +66,17 @@ def _sample(features, b, y, x, c, h, w):
     lx = fsub(x, np.float32(x_low))
     hy = fsub(one, ly)
     hx = fsub(one, lx)
-    v1 = features[b, y_low, x_low, c]
-    v2 = features[b, y_low, x_high, c]
-    v3 = features[b, y_high, x_low, c]
-    v4 = features[b, y_high, x_high, c]
-    s = fmul(fmul(hy, hx), v1)
-    s = fadd(s, fmul(fmul(hy, lx), v2))
-    s = fadd(s, fmul(fmul(ly, hx), v3))
-    return fadd(s, fmul(fmul(ly, lx), v4))
+    return (
+        True,
+        y_low,
+        y_high,
+        x_low,
+        x_high,
+        fmul(hy, hx),
+        fmul(hy, lx),
+        fmul(ly, hx),
+        fmul(ly, lx),
+    )
 
 
 @cuda.jit
@@ -76,18 +84,16 @@ def _roi_align_kernel(features, rois, spatial_scale, sampling_ratio, aligned, ou
     k_total, pooled_h, pooled_w, depth = out.shape
     h = features.shape[1]
     w = features.shape[2]
-    total = k_total * pooled_h * pooled_w * depth
     offset = np.float32(0.5) if aligned else np.float32(0.0)
     one = np.float32(1.0)
-    start = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    for e in range(start, total, stride):
-        c = e % depth
-        r = e // depth
-        pw = r % pooled_w
-        r //= pooled_w
-        ph = r % pooled_h
-        k = r // pooled_h
+    zero = np.float32(0.0)
+    nt = cuda.blockDim.x
+    span = nt * CPT
+    chunks = (depth + span - 1) // span
+    acc = cuda.local.array(CPT, numba.float32)
+    for t in range(cuda.blockIdx.x, k_total * pooled_h * pooled_w * chunks, cuda.gridDim.x):
+        chunk, k, ph, pw = split_cell(t, chunks, pooled_h, pooled_w)
+        c0 = chunk * span + cuda.threadIdx.x
         b = int(rois[k, 0])
         start_w = fsub(fmul(rois[k, 1], spatial_scale), offset)
         start_h = fsub(fmul(rois[k, 2], spatial_scale), offset)
@@ -109,7 +115,8 @@ def _roi_align_kernel(features, rois, spatial_scale, sampling_ratio, aligned, ou
         count = np.float32(max(grid_h * grid_w, 1))
         base_h = fadd(start_h, fmul(np.float32(ph), bin_h))
         base_w = fadd(start_w, fmul(np.float32(pw), bin_w))
-        acc = np.float32(0.0)
+        for j in range(CPT):
+            acc[j] = zero
         for iy in range(grid_h):
             y = fadd(
                 base_h, fdiv(fmul(fadd(np.float32(iy), np.float32(0.5)), bin_h), np.float32(grid_h))
@@ -119,8 +126,22 @@ def _roi_align_kernel(features, rois, spatial_scale, sampling_ratio, aligned, ou
                     base_w,
                     fdiv(fmul(fadd(np.float32(ix), np.float32(0.5)), bin_w), np.float32(grid_w)),
                 )
-                acc = fadd(acc, _sample(features, b, y, x, c, h, w))
-        out[k, ph, pw, c] = fdiv(acc, count)
+                valid, y_low, y_high, x_low, x_high, w1, w2, w3, w4 = _weights(y, x, h, w)
+                for j in range(CPT):
+                    c = c0 + j * nt
+                    if c < depth:
+                        if valid:
+                            s = fmul(w1, features[b, y_low, x_low, c])
+                            s = fadd(s, fmul(w2, features[b, y_low, x_high, c]))
+                            s = fadd(s, fmul(w3, features[b, y_high, x_low, c]))
+                            s = fadd(s, fmul(w4, features[b, y_high, x_high, c]))
+                        else:
+                            s = zero
+                        acc[j] = fadd(acc[j], s)
+        for j in range(CPT):
+            c = c0 + j * nt
+            if c < depth:
+                out[k, ph, pw, c] = fdiv(acc[j], count)
 
 
 def roi_align(
@@ -156,8 +177,8 @@ def roi_align(
     on_device = on_device or out is not None
     out = _cuda.output(out, (int(d_rois.shape[0]), int(ph), int(pw), int(d_feat.shape[3])))
     if out.size:
-        tpb = _cuda.threads_per_block()
-        _roi_align_kernel[_cuda.blocks_for(out.size, tpb), tpb](
+        blocks, threads = _cuda.cell_launch(int(out.shape[0]) * ph * pw, int(out.shape[3]))
+        _roi_align_kernel[blocks, threads](
             d_feat, d_rois, np.float32(spatial_scale), int(sampling_ratio), bool(aligned), out
         )
     return out if on_device else out.copy_to_host()

@@ -11,7 +11,9 @@ Same function as ``npfrcnn.ops.roi_pool(..., backend="numpy")``. For RoI ``k`` w
     output = 0 for an empty bin, else the max over the bin starting from -FLT_MAX and taking a
              value only when strictly greater (NaN never taken)
 
-One thread per output element ``(k, ph, pw, c)``, channels innermost (coalesced).
+A block takes one output bin ``(k, ph, pw)`` (and a chunk of channels) at a time and each thread
+``CHANNELS_PER_THREAD`` channels of it (``_cuda.cell_launch``): the bin bounds are computed once
+per thread; channels innermost, so consecutive threads' loads and stores are coalesced.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numba
 import numpy as np
 import numpy.typing as npt
 
 from . import _cuda
-from ._cuda import cuda, device_function, fdiv, fmul, fsub
+from ._cuda import CHANNELS_PER_THREAD as CPT
+from ._cuda import cuda, device_function, fdiv, fmul, fsub, split_cell
 
 __all__ = ["roi_pool"]
 
@@ -45,16 +49,13 @@ def _roi_pool_kernel(features, rois, spatial_scale, out):
     k_total, pooled_h, pooled_w, depth = out.shape
     h = features.shape[1]
     w = features.shape[2]
-    total = k_total * pooled_h * pooled_w * depth
-    start = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    for e in range(start, total, stride):
-        c = e % depth
-        r = e // depth
-        pw = r % pooled_w
-        r //= pooled_w
-        ph = r % pooled_h
-        k = r // pooled_h
+    nt = cuda.blockDim.x
+    span = nt * CPT
+    chunks = (depth + span - 1) // span
+    best = cuda.local.array(CPT, numba.float32)
+    for t in range(cuda.blockIdx.x, k_total * pooled_h * pooled_w * chunks, cuda.gridDim.x):
+        chunk, k, ph, pw = split_cell(t, chunks, pooled_h, pooled_w)
+        c0 = chunk * span + cuda.threadIdx.x
         b = int(rois[k, 0])
         start_w = _roundf(fmul(rois[k, 1], spatial_scale))
         start_h = _roundf(fmul(rois[k, 2], spatial_scale))
@@ -72,16 +73,21 @@ def _roi_pool_kernel(features, rois, spatial_scale, out):
         hend = min(max(hend + start_h, 0), h)
         wstart = min(max(wstart + start_w, 0), w)
         wend = min(max(wend + start_w, 0), w)
-        if hend <= hstart or wend <= wstart:
-            out[k, ph, pw, c] = np.float32(0.0)
-            continue
-        best = _LOWEST
+        for j in range(CPT):
+            best[j] = _LOWEST
         for yy in range(hstart, hend):
             for xx in range(wstart, wend):
-                v = features[b, yy, xx, c]
-                if v > best:
-                    best = v
-        out[k, ph, pw, c] = best
+                for j in range(CPT):
+                    c = c0 + j * nt
+                    if c < depth:
+                        v = features[b, yy, xx, c]
+                        if v > best[j]:
+                            best[j] = v
+        empty = hend <= hstart or wend <= wstart
+        for j in range(CPT):
+            c = c0 + j * nt
+            if c < depth:
+                out[k, ph, pw, c] = np.float32(0.0) if empty else best[j]
 
 
 def roi_pool(
@@ -112,8 +118,6 @@ def roi_pool(
     on_device = on_device or out is not None
     out = _cuda.output(out, (int(d_rois.shape[0]), int(ph), int(pw), int(d_feat.shape[3])))
     if out.size:
-        tpb = _cuda.threads_per_block()
-        _roi_pool_kernel[_cuda.blocks_for(out.size, tpb), tpb](
-            d_feat, d_rois, np.float32(spatial_scale), out
-        )
+        blocks, threads = _cuda.cell_launch(int(out.shape[0]) * ph * pw, int(out.shape[3]))
+        _roi_pool_kernel[blocks, threads](d_feat, d_rois, np.float32(spatial_scale), out)
     return out if on_device else out.copy_to_host()
