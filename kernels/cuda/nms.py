@@ -16,10 +16,13 @@ Same function as ``npfrcnn.ops.nms(..., backend="numpy")``:
 Device pipeline (no host round trip until the final count):
 
 1. ``_score_keys``: one uint64 key per box, ``(descending score rank) << 32 | index`` for
-   candidates and ``2**64 - 1`` otherwise, and an atomic count of candidates ``M``.
+   candidates and ``2**64 - 1`` otherwise.
 2. ``sort.sort_keys``: a bitonic sort of the keys, so position ``p`` holds the ``p``-th box to
-   visit (ties by lower index come free: the index is the low word of the key).
-3. ``_gather``: sorted boxes as ``(ymin, xmin, ymax, xmax, area)`` rows, their original indices.
+   visit (ties by lower index come free: the index is the low word of the key), and the ``M``
+   candidates come first.
+3. ``_order_and_gather``: the candidates' original indices and their boxes as
+   ``(ymin, xmin, ymax, xmax, area)`` rows, in visiting order, and ``M`` (the position where
+   the keys turn to all ones).
 4. ``_mask``: for every pair of 64-box blocks ``(rb, cb)`` with ``cb >= rb`` (upper triangle
    only), one 64-thread block loads block ``cb`` into shared memory and each thread writes the
    word ``mask[row, cb]`` whose bit ``b`` says that box ``row`` suppresses box ``64 cb + b``
@@ -55,7 +58,7 @@ _ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 @cuda.jit
-def _score_keys(scores, bits, n, score_threshold, keys, count):
+def _score_keys(scores, bits, n, score_threshold, keys):
     start = cuda.grid(1)
     stride = cuda.gridsize(1)
     sign = np.uint64(0x80000000)
@@ -74,18 +77,44 @@ def _score_keys(scores, bits, n, score_threshold, keys, count):
                     asc = u | sign
                 desc = low - asc
                 key = (desc << np.uint64(32)) | np.uint64(p)
-                cuda.atomic.add(count, 0, 1)
         keys[p] = key
 
 
+@device_function
+def _gather_one(boxes, i, sboxes, p):
+    """Box ``i`` as row ``p`` of ``sboxes``: ``(ymin, xmin, ymax, xmax, area)``, DAZ."""
+    a0 = ftz(boxes[i, 0])
+    a1 = ftz(boxes[i, 1])
+    a2 = ftz(boxes[i, 2])
+    a3 = ftz(boxes[i, 3])
+    ymin = min(a0, a2)
+    xmin = min(a1, a3)
+    ymax = max(a0, a2)
+    xmax = max(a1, a3)
+    sboxes[p, 0] = ymin
+    sboxes[p, 1] = xmin
+    sboxes[p, 2] = ymax
+    sboxes[p, 3] = xmax
+    sboxes[p, 4] = ftz(fmul(ftz(fsub(ymax, ymin)), ftz(fsub(xmax, xmin))))
+
+
 @cuda.jit
-def _keys_to_order(keys, count, order):
-    m = count[0]
+def _order_and_gather(keys, boxes, order, sboxes, count):
+    """After the sort the candidates' keys are a prefix (the rest are all ones): write their
+    indices and boxes in visiting order, and their number (the prefix's end) to ``count``."""
     low = np.uint64(0xFFFFFFFF)
     start = cuda.grid(1)
     stride = cuda.gridsize(1)
-    for p in range(start, m, stride):
-        order[p] = np.int64(keys[p] & low)
+    for p in range(start, order.shape[0], stride):
+        key = keys[p]
+        if key != _ALL_ONES:
+            i = np.int64(key & low)
+            order[p] = i
+            _gather_one(boxes, i, sboxes, p)
+            if p + 1 == keys.shape[0] or keys[p + 1] == _ALL_ONES:
+                count[0] = p + 1
+        elif p == 0:
+            count[0] = 0
 
 
 @cuda.jit
@@ -94,20 +123,7 @@ def _gather(order, boxes, count, sboxes):
     start = cuda.grid(1)
     stride = cuda.gridsize(1)
     for p in range(start, m, stride):
-        i = order[p]
-        a0 = ftz(boxes[i, 0])  # DAZ
-        a1 = ftz(boxes[i, 1])
-        a2 = ftz(boxes[i, 2])
-        a3 = ftz(boxes[i, 3])
-        ymin = min(a0, a2)
-        xmin = min(a1, a3)
-        ymax = max(a0, a2)
-        xmax = max(a1, a3)
-        sboxes[p, 0] = ymin
-        sboxes[p, 1] = xmin
-        sboxes[p, 2] = ymax
-        sboxes[p, 3] = xmax
-        sboxes[p, 4] = ftz(fmul(ftz(fsub(ymax, ymin)), ftz(fsub(xmax, xmin))))
+        _gather_one(boxes, order[p], sboxes, p)
 
 
 @device_function
@@ -233,11 +249,6 @@ def _select(
 
 
 @cuda.jit
-def _reset(count):
-    count[0] = 0
-
-
-@cuda.jit
 def _take(src, order, count, dst):
     m = count[0]
     start = cuda.grid(1)
@@ -252,25 +263,39 @@ def _flushed(v: float) -> np.float32:
     return np.float32(0.0) if abs(f) < _cuda.TINY else f
 
 
-def _device_order(d_scores: Any, score_threshold: float, tpb: int) -> tuple[Any, Any]:
-    """Candidates in visiting order, sorted on the device: ``(order [N] int64, count [1])``."""
+def _device_order(
+    d_boxes: Any, d_scores: Any, score_threshold: float, tpb: int
+) -> tuple[Any, Any, Any]:
+    """Candidates in visiting order, sorted on the device, and their boxes:
+    ``(order [N] int64, count [1] int32, sboxes [N, 5] float32)``, the first ``count`` valid."""
     n = int(d_scores.shape[0])
     st = sort_threads(tpb)
     p = padded_length(n, st)
     keys = _cuda.scratch("nms.keys", p, np.uint64)
-    count = _cuda.scratch("nms.count", 1, np.int32)
-    _reset[1, 1](count)
     _score_keys[_cuda.blocks_for(p, tpb), tpb](
-        d_scores, d_scores.view(np.uint32), n, _flushed(score_threshold), keys, count
+        d_scores, d_scores.view(np.uint32), n, _flushed(score_threshold), keys
     )
     sort_keys(keys, st)
     order = _cuda.scratch("nms.order", n, np.int64)
-    _keys_to_order[_cuda.blocks_for(n, tpb), tpb](keys, count, order)
-    return order, count
+    sboxes = _cuda.scratch("nms.sboxes", (n, 5), np.float32)
+    count = _cuda.scratch("nms.count", 1, np.int32)
+    _order_and_gather[_cuda.blocks_for(n, tpb), tpb](keys, d_boxes, order, sboxes, count)
+    return order, count, sboxes
+
+
+def _host_order(d_boxes: Any, order: npt.NDArray[np.int64]) -> tuple[Any, Any, Any]:
+    """``_device_order`` for candidates already sorted on the host."""
+    tpb = _cuda.threads_per_block()
+    m = int(order.shape[0])
+    d_order = _cuda.to_device(order, np.int64)
+    count = _cuda.to_device(np.array([m], dtype=np.int32), np.int32)
+    sboxes = _cuda.scratch("nms.sboxes", (m, 5), np.float32)
+    _gather[_cuda.blocks_for(m, tpb), tpb](d_order, d_boxes, count, sboxes)
+    return d_order, count, sboxes
 
 
 def _suppress(
-    d_boxes: Any,
+    sboxes: Any,
     order: Any,
     count: Any,
     dense_classes: npt.NDArray[np.int64] | None,
@@ -279,11 +304,10 @@ def _suppress(
     class_limit: int,
     on_device: bool,
 ) -> tuple[Any, int]:
-    """Mask and selection over the candidates ``order[:count]``: ``(indices [N], K)``."""
+    """Mask and selection over the candidates ``order[:count]`` (boxes ``sboxes``):
+    ``(indices [N], K)``."""
     tpb = _cuda.threads_per_block()
     n = int(order.shape[0])
-    sboxes = _cuda.scratch("nms.sboxes", (n, 5), np.float32)
-    _gather[_cuda.blocks_for(n, tpb), tpb](order, d_boxes, count, sboxes)
     use_classes = dense_classes is not None
     if dense_classes is not None:
         d_classes = _cuda.scratch("nms.classes", n, np.int32)
@@ -358,8 +382,10 @@ def nms(
         return _empty(on_device)
     d_boxes = _cuda.as_device(boxes, np.float32)
     d_scores = _cuda.as_device(scores, np.float32)
-    order, count = _device_order(d_scores, score_threshold, _cuda.threads_per_block())
-    out, k = _suppress(d_boxes, order, count, None, iou_threshold, limit, 0, on_device)
+    order, count, sboxes = _device_order(
+        d_boxes, d_scores, score_threshold, _cuda.threads_per_block()
+    )
+    out, k = _suppress(sboxes, order, count, None, iou_threshold, limit, 0, on_device)
     return _finish(out, k, on_device)
 
 
@@ -390,9 +416,11 @@ def batched_nms(
     _, dense = np.unique(_cuda.to_host(classes).reshape(-1), return_inverse=True)
     d_boxes = _cuda.as_device(boxes, np.float32)
     d_scores = _cuda.as_device(scores, np.float32)
-    order, count = _device_order(d_scores, score_threshold, _cuda.threads_per_block())
+    order, count, sboxes = _device_order(
+        d_boxes, d_scores, score_threshold, _cuda.threads_per_block()
+    )
     out, k = _suppress(
-        d_boxes,
+        sboxes,
         order,
         count,
         dense.reshape(-1).astype(np.int64),
@@ -418,10 +446,8 @@ def nms_kernel(
     m = int(order.shape[0])
     if m == 0 or max_output_size <= 0:
         return np.zeros(0, dtype=np.int64)
-    d_order = _cuda.to_device(order, np.int64)
-    count = _cuda.to_device(np.array([m], dtype=np.int32), np.int32)
-    d_boxes = _cuda.as_device(boxes, np.float32)
-    out, k = _suppress(d_boxes, d_order, count, None, iou_threshold, int(max_output_size), 0, False)
+    d_order, count, sboxes = _host_order(_cuda.as_device(boxes, np.float32), order)
+    out, k = _suppress(sboxes, d_order, count, None, iou_threshold, int(max_output_size), 0, False)
     return _finish(out, k, False)
 
 
@@ -437,11 +463,9 @@ def batched_nms_kernel(
     m = int(order.shape[0])
     if m == 0 or max_per_class <= 0:
         return np.zeros(0, dtype=np.int64)
-    d_order = _cuda.to_device(order, np.int64)
-    count = _cuda.to_device(np.array([m], dtype=np.int32), np.int32)
-    d_boxes = _cuda.as_device(boxes, np.float32)
+    d_order, count, sboxes = _host_order(_cuda.as_device(boxes, np.float32), order)
     out, k = _suppress(
-        d_boxes,
+        sboxes,
         d_order,
         count,
         np.asarray(classes, np.int64),
