@@ -521,7 +521,7 @@ def test_no_fused_multiply_add_in_the_kernels(tpb):
     tpb(256)
     test_front_doors_dispatch_to_cuda()  # compiles every kernel for the arguments the ops use
     kernels = [
-        cuda_nms._gather,
+        cuda_nms._order_and_gather,
         cuda_nms._mask,
         cuda_crop._crop_kernel,
         cuda_crop._crop_pool_kernel,

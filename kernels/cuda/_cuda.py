@@ -42,8 +42,8 @@ __all__ = [
     "NMS_BLOCK",
     "SIMULATED",
     "THREADS_PER_BLOCK",
-    "as_device",
     "CHANNELS_PER_THREAD",
+    "as_device",
     "blocks_for",
     "cell_launch",
     "cuda",
@@ -214,7 +214,7 @@ def device_function(fn: Any) -> Any:
     per-module lock and a swap of the module's ``cuda`` global (so that the function sees the
     launching kernel's thread indices). Our device functions use no ``cuda`` API, so the swap does
     nothing for them, while the lock makes every simulated thread queue on each ``fadd``: a
-    130-box NMS took minutes and was at the mercy of the machine's load. Kernels (``cuda.jit``
+    130-box NMS took about a minute, and many minutes on a loaded machine. Kernels (``cuda.jit``
     without ``device``) are simulated as usual. A device function that needs the ``cuda`` API
     must use ``cuda.jit(device=True)`` directly.
     """
