@@ -137,6 +137,14 @@ def is_device_array(x: object) -> bool:
     return bool(cuda.is_cuda_array(x))
 
 
+def _numba_view(x: Any) -> Any:
+    """A numba device array for a device array: numba's own as is (no new view object per call
+    on the hot path), anything else through ``__cuda_array_interface__``."""
+    if SIMULATED or getattr(x, "__cuda_ndarray__", False):
+        return x
+    return cuda.as_cuda_array(x)
+
+
 def to_device(x: npt.ArrayLike, dtype: npt.DTypeLike) -> Any:
     """Copy host data to a new C-contiguous device array of ``dtype``."""
     return cuda.to_device(np.ascontiguousarray(x, dtype=dtype))
@@ -149,7 +157,7 @@ def as_device(x: Any, dtype: npt.DTypeLike) -> Any:
     converting it would need a copy on the device, which is the caller's decision to make.
     """
     if is_device_array(x):
-        d = x if SIMULATED else cuda.as_cuda_array(x)
+        d = _numba_view(x)
         if np.dtype(d.dtype) != np.dtype(dtype):
             raise TypeError(f"device array has dtype {d.dtype}; convert it to {np.dtype(dtype)}")
         if not d.is_c_contiguous():
@@ -186,8 +194,7 @@ def release_scratch() -> None:
 def to_host(x: Any) -> npt.NDArray[Any]:
     """A host copy of a device array, or ``np.asarray(x)`` for host data."""
     if is_device_array(x):
-        d = x if SIMULATED else cuda.as_cuda_array(x)
-        return np.asarray(d.copy_to_host())
+        return np.asarray(_numba_view(x).copy_to_host())
     return np.asarray(x)
 
 
