@@ -28,9 +28,10 @@ Device pipeline (no host round trip until the final count):
    word ``mask[row, cb]`` whose bit ``b`` says that box ``row`` suppresses box ``64 cb + b``
    (only ``64 cb + b > row`` is ever set).
 5. ``_select``: one block walks the 64-box blocks in order. It loads the block's diagonal words
-   into shared memory; thread 0 scans the block's 64 boxes against the running ``removed`` word
-   (a box not yet removed is selected and ORs in its diagonal word); then all threads write the
-   selected indices and OR the selected rows into the later ``removed`` words, coalesced. It stops
+   into shared memory; thread 0 visits the block's boxes not in the running ``removed`` word,
+   lowest first (a visited box is selected, unless its class is full, and then clears the boxes
+   its diagonal word suppresses); then all threads write the selected indices and OR the
+   selected rows into the later ``removed`` words, coalesced. It stops
    as soon as ``max_output_size`` boxes are selected.
 
 ``batched_nms`` is the same pipeline with a class test in ``_mask`` (boxes of different classes
@@ -210,14 +211,19 @@ def _select(
             diag[q] = mask[base + q, cb]
         cuda.syncthreads()
         if tid == 0:
-            word = removed[cb]
+            # Visit only the block's boxes not yet removed, lowest first: each step takes the
+            # lowest bit of ``todo``; a selected box clears the boxes it suppresses (its
+            # diagonal word only has bits above its own). As many steps as boxes left standing,
+            # not 64.
+            todo = ~removed[cb]
+            if nrow < NMS_BLOCK:
+                todo &= (one << np.uint64(nrow)) - one
             total = state[1]
             k = 0
-            for q in range(nrow):
-                if total >= limit:
-                    break
-                if (word >> np.uint64(q)) & one:
-                    continue
+            while todo != 0 and total < limit:
+                low = todo & (~todo + one)
+                q = cuda.popc(low - one)
+                todo ^= low
                 if use_classes:
                     c = classes[base + q]
                     if class_count[c] >= class_limit:
@@ -226,7 +232,7 @@ def _select(
                 kept[k] = base + q
                 k += 1
                 total += 1
-                word |= diag[q]
+                todo &= ~diag[q]
             state[0] = k
         cuda.syncthreads()
         k = state[0]
