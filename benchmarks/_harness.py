@@ -93,8 +93,8 @@ def git_revision() -> str:
             cwd=Path(__file__).parent,
         ).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "")
-    except Exception:
-        return "unknown"
+    except Exception:  # no git (e.g. a copy of the tree on a GPU machine): the caller may say
+        return os.environ.get("NPFRCNN_REVISION", "unknown")
 
 
 def fmt_ms(seconds: float) -> str:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every check the CUDA kernels need on a real GPU, in one command (GPU time is scarce):
 #
-#     bash benchmarks/gpu_session.sh [OUTDIR]
+#     NPFRCNN_REVISION=<commit> bash benchmarks/gpu_session.sh [OUTDIR]
 #
+# (NPFRCNN_REVISION names the commit in RESULTS.md where the tree was copied without .git.)
 # 1. installs npfrcnn without dependencies (numba-cuda, torch and torchvision must be there);
 # 2. runs the CUDA tests on the GPU: full-size parity with the reference, parity with
 #    torchvision, the no-FMA check on the loaded PTX, and every op's backend="cuda" tests;
