@@ -33,7 +33,8 @@ numba_cuda.__version__, torch.__version__, torchvision.__version__)"'
 step tests python3 -m pytest -q -p no:cacheprovider --run-slow -rs \
     tests/test_cuda_kernels.py tests/test_nms.py tests/test_crop_and_resize.py \
     tests/test_roi_align.py tests/test_roi_pool.py tests/test_backend.py
-cat > "$out/sanitize.py" <<'EOF'
+san="${TMPDIR:-/tmp}/npfrcnn_sanitize.py"  # outside OUTDIR: only logs and results go there
+cat > "$san" <<'EOF'
 # Every kernel once, production block size, several blocks per launch.
 import numpy as np
 
@@ -54,8 +55,8 @@ pix = np.concatenate([np.zeros((200, 1)), rng.uniform(-20, 1000, (200, 4))], 1).
 print("roi_align", roi_align.roi_align(feats, pix, 7, 1 / 16, 0, True).shape)
 print("roi_pool", roi_pool.roi_pool(feats, pix, 7, 1 / 16).shape)
 EOF
-step racecheck compute-sanitizer --tool racecheck --error-exitcode 3 python3 "$out/sanitize.py"
-step memcheck compute-sanitizer --tool memcheck --error-exitcode 3 python3 "$out/sanitize.py"
+step racecheck compute-sanitizer --tool racecheck --error-exitcode 3 python3 "$san"
+step memcheck compute-sanitizer --tool memcheck --error-exitcode 3 python3 "$san"
 step bench python3 benchmarks/gpu_ops.py --write --out "$out/gpu_ops.md"
 cp benchmarks/RESULTS.md "$out/RESULTS.md"
 echo "first failing status: $status"
