@@ -127,3 +127,79 @@ def check_backend(backend: str, allowed: Sequence[str] = BACKENDS) -> str:
             f"backend must be one of {', '.join(repr(b) for b in allowed)}, got {backend!r}"
         )
     return backend
+
+
+# --------------------------------------------------------------------------------------------
+# GPU arrays (backend="cuda"): checked from their metadata only
+# --------------------------------------------------------------------------------------------
+
+
+def is_device_array(x: Any) -> bool:
+    """A GPU array: anything exposing ``__cuda_array_interface__`` (CuPy arrays, CUDA torch
+    tensors, numba device arrays) or a numba simulator array. Checked without importing CUDA."""
+    return hasattr(x, "__cuda_array_interface__") or bool(getattr(x, "__cuda_ndarray__", False))
+
+
+def device_inputs(op: str, backend: str, **arrays: Any) -> bool:
+    """True when the op's arrays are all GPU arrays (and ``backend`` is ``"cuda"``), False when
+    none is; a mix, or GPU arrays with another backend, is a ``ValueError`` naming the fix."""
+    on_gpu = [name for name, x in arrays.items() if is_device_array(x)]
+    if not on_gpu:
+        return False
+    on_host = [name for name in arrays if name not in on_gpu]
+    if on_host:
+        raise ValueError(
+            f"{op}: {', '.join(on_gpu)} on the GPU but {', '.join(on_host)} on the host; pass "
+            "all of them as GPU arrays (results stay on the GPU) or all as host arrays"
+        )
+    if backend != "cuda":
+        raise ValueError(
+            f"{op}: {', '.join(on_gpu)} are GPU arrays; pass backend='cuda' (no copies, the "
+            f"result stays on the GPU), or copy them to the host for backend={backend!r}"
+        )
+    return True
+
+
+def check_device_array(
+    name: str, x: Any, dtype: npt.DTypeLike | None, shape: Sequence[int | None]
+) -> tuple[int, ...]:
+    """Check a GPU array's dtype (``None``: any integer dtype), C-contiguity and shape
+    (``None``: any size) from its metadata, without reading its values; returns its shape.
+
+    Values (finiteness, index ranges) are not checked: that would copy them to the host. The
+    kernels then compute whatever the arithmetic gives for them.
+    """
+    iface = getattr(x, "__cuda_array_interface__", None)
+    if iface is not None:
+        got_shape = tuple(int(v) for v in iface["shape"])
+        got_dtype = np.dtype(iface["typestr"])
+        strides = iface.get("strides")
+        contiguous = strides is None or tuple(strides) == _c_strides(got_shape, got_dtype)
+    else:  # numba's simulator array
+        got_shape = tuple(int(v) for v in x.shape)
+        got_dtype = np.dtype(x.dtype)
+        contiguous = bool(x.is_c_contiguous())
+    pattern = "[" + ", ".join("N" if v is None else str(v) for v in shape) + "]"
+    if dtype is None:
+        want = got_dtype if got_dtype.kind in "iu" else np.dtype(np.int64)
+    else:
+        want = np.dtype(dtype)
+    if got_dtype != want or len(got_shape) != len(shape) or not contiguous or any(
+        v is not None and v != g for v, g in zip(shape, got_shape, strict=False)
+    ):
+        kind = "integer" if dtype is None else str(want)
+        raise ValueError(
+            f"{name} must be a C-contiguous {kind} GPU array of shape {pattern}, got "
+            f"{'a C-contiguous' if contiguous else 'a non-contiguous'} {got_dtype} array of "
+            f"shape {got_shape}; convert it on the GPU first (e.g. "
+            f"cupy.ascontiguousarray({name}, dtype=cupy.{want}))"
+        )
+    return got_shape
+
+
+def _c_strides(shape: tuple[int, ...], dtype: np.dtype[Any]) -> tuple[int, ...]:
+    strides, step = [], dtype.itemsize
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))

@@ -9,7 +9,11 @@ crops.
 
 The NumPy reference below (``backend="numpy"``) is the readable definition; the Numba kernels
 in ``npfrcnn.kernels.cpu.crop_and_resize`` compute the same function and are checked bitwise
-against it and against TensorFlow.
+against it and against TensorFlow; so are the CUDA kernels (``backend="cuda"``), which also take
+GPU arrays: float32 C-contiguous ``image`` and ``boxes`` and int32 ``box_indices`` exposing
+``__cuda_array_interface__`` (CuPy, CUDA torch tensors, numba device arrays) are used in place
+and the result is a GPU array (numba's). Their shapes and dtypes are checked; their values
+(finite boxes, indices in range) are not, since that would copy them to the host.
 """
 
 from __future__ import annotations
@@ -20,7 +24,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from npfrcnn._validate import as_boxes, as_float_array, check_backend, check_size_pair
+from npfrcnn._validate import (
+    as_boxes,
+    as_float_array,
+    check_backend,
+    check_device_array,
+    check_size_pair,
+    device_inputs,
+)
 from npfrcnn.ops._backend import kernel_module
 
 __all__ = ["crop_and_resize", "crop_and_pool"]
@@ -250,6 +261,13 @@ def _validate(
             f"box_indices must lie in [0, {batch}) (the image batch), got values in "
             f"[{idx.min()}, {idx.max()}]; index images from 0 to batch - 1"
         )
+    crop_h, crop_w, ev = _scalars(crop_size, extrapolation_value)
+    return img, bx, np.ascontiguousarray(idx, dtype=np.int32), crop_h, crop_w, ev
+
+
+def _scalars(
+    crop_size: int | Sequence[int], extrapolation_value: float
+) -> tuple[int, int, np.float32]:
     crop_h, crop_w = check_size_pair("crop_size", crop_size)
     try:
         ev = np.float32(extrapolation_value)
@@ -257,7 +275,39 @@ def _validate(
         raise ValueError(
             f"extrapolation_value must be a real number, got {extrapolation_value!r}"
         ) from None
-    return img, bx, np.ascontiguousarray(idx, dtype=np.int32), crop_h, crop_w, ev
+    return crop_h, crop_w, ev
+
+
+def _device_crop(
+    op: str,
+    image: Any,
+    boxes: Any,
+    box_indices: Any,
+    crop_size: int | Sequence[int],
+    extrapolation_value: float,
+    backend: str,
+) -> tuple[int, int, np.float32] | None:
+    """For GPU inputs (``backend="cuda"``): their shapes and dtypes checked, and the crop size
+    and extrapolation value; ``None`` for host inputs."""
+    if not device_inputs(op, backend, image=image, boxes=boxes, box_indices=box_indices):
+        return None
+    shape = check_device_array("image", image, np.float32, (None, None, None, None))
+    if shape[1] == 0 or shape[2] == 0:
+        raise ValueError(
+            f"image must have positive height and width, got shape {shape}; "
+            "pass a [batch, height, width, depth] array with height, width >= 1"
+        )
+    n = check_device_array("boxes", boxes, np.float32, (None, 4))[0]
+    check_device_array("box_indices", box_indices, np.int32, (n,))
+    return _scalars(crop_size, extrapolation_value)
+
+
+def _check_pool_size(crop_h: int, crop_w: int) -> None:
+    if crop_h < 2 or crop_w < 2:
+        raise ValueError(
+            f"crop_size must be at least 2 on each axis for a 2x2 max pool, got "
+            f"({crop_h}, {crop_w}); pass e.g. (14, 14)"
+        )
 
 
 def crop_and_resize(
@@ -299,6 +349,16 @@ def crop_and_resize(
     """
     if method not in _METHODS:
         raise ValueError(f"method must be 'bilinear' or 'nearest', got {method!r}")
+    check_backend(backend)
+    on_gpu = _device_crop(
+        "crop_and_resize", image, boxes, box_indices, crop_size, extrapolation_value, backend
+    )
+    if on_gpu is not None:
+        crop_h, crop_w, ev = on_gpu
+        cuda_crop = kernel_module("cuda", "crop_and_resize")
+        return cuda_crop.crop_and_resize(
+            image, boxes, box_indices, crop_h, crop_w, method == "nearest", float(ev)
+        )
     img, bx, idx, crop_h, crop_w, ev = _validate(
         image, boxes, box_indices, crop_size, extrapolation_value, backend
     )
@@ -338,14 +398,21 @@ def crop_and_pool(
     Raises:
         ValueError: as ``crop_and_resize``, and for a crop size below 2.
     """
+    check_backend(backend)
+    on_gpu = _device_crop(
+        "crop_and_pool", image, boxes, box_indices, crop_size, extrapolation_value, backend
+    )
+    if on_gpu is not None:
+        crop_h, crop_w, ev = on_gpu
+        _check_pool_size(crop_h, crop_w)
+        cuda_crop = kernel_module("cuda", "crop_and_resize")
+        return cuda_crop.crop_and_pool(
+            image, boxes, box_indices, crop_h, crop_w, float(ev)
+        )
     img, bx, idx, crop_h, crop_w, ev = _validate(
         image, boxes, box_indices, crop_size, extrapolation_value, backend
     )
-    if crop_h < 2 or crop_w < 2:
-        raise ValueError(
-            f"crop_size must be at least 2 on each axis for a 2x2 max pool, got "
-            f"({crop_h}, {crop_w}); pass e.g. (14, 14)"
-        )
+    _check_pool_size(crop_h, crop_w)
     if bx.shape[0] == 0:
         return np.zeros((0, crop_h // 2, crop_w // 2, img.shape[3]), dtype=np.float32)
     if backend == "numpy":

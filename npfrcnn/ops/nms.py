@@ -7,8 +7,12 @@ Front doors for ``nms`` (``tf.image.non_max_suppression``, op ``NonMaxSuppressio
 * ``backend="numpy"``: the reference below, a plain loop transcribed from TF's
   ``DoNonMaxSuppressionOp`` (``tensorflow/core/kernels/image/non_max_suppression_op.cc``);
 * ``backend="cpu"``: the Numba kernels in ``npfrcnn.kernels.cpu.nms``;
-* ``backend="cuda"``: ``npfrcnn.kernels.cuda.nms`` once it provides the kernel of the same name
-  (``nms_kernel`` etc., same arguments as the CPU one); until then a clear ``ValueError``.
+* ``backend="cuda"``: ``npfrcnn.kernels.cuda.nms`` (``nms`` and ``batched_nms``, score sort
+  included, on the GPU; soft-NMS has no CUDA kernel and says so). Host arrays are copied in and
+  the indices copied out. GPU arrays (CuPy, CUDA torch tensors, numba device arrays: anything
+  with ``__cuda_array_interface__``; float32 C-contiguous boxes and scores, integer classes)
+  are used in place and the indices come back as a GPU array (numba's). Their shapes and
+  dtypes are checked; their values are not, since that would copy them to the host.
 
 What TF computes, and therefore what every backend computes:
 
@@ -46,8 +50,10 @@ from npfrcnn._validate import (
     as_boxes,
     as_scores,
     check_backend,
+    check_device_array,
     check_positive_int,
     check_unit_interval,
+    device_inputs,
 )
 from npfrcnn.ops._backend import kernel as backend_kernel
 
@@ -202,9 +208,23 @@ def _prepare(
     """Validated float32 inputs with subnormals flushed to zero (TF's kernels see them so)."""
     b = as_boxes("boxes", boxes)
     s = as_scores("scores", scores, b.shape[0])
+    thr, limit, st = _scalars(
+        b.shape[0], iou_threshold, max_output_size, score_threshold, max_name
+    )
+    return _ftz(b), _ftz(s), thr, limit, st
+
+
+def _scalars(
+    n: int,
+    iou_threshold: float,
+    max_output_size: int | None,
+    score_threshold: float,
+    max_name: str = "max_output_size",
+) -> tuple[np.float32, int, np.float32]:
+    """The validated thresholds (float32, subnormals flushed) and output limit for ``n`` boxes."""
     thr = F32(check_unit_interval("iou_threshold", iou_threshold))
     if max_output_size is None:
-        limit = b.shape[0]
+        limit = n
     else:
         limit = check_positive_int(max_name, max_output_size, allow_zero=True)
     try:
@@ -216,7 +236,7 @@ def _prepare(
             f"score_threshold must be a number, got {score_threshold!r}; "
             f"pass float('-inf') to keep every score"
         )
-    return _ftz(b), _ftz(s), _ftz(thr), limit, _ftz(F32(st))
+    return _ftz(thr), limit, _ftz(F32(st))
 
 
 def _candidates(scores: npt.NDArray[np.float32], score_threshold: np.float32) -> IndexArray:
@@ -273,6 +293,12 @@ def nms(
         descending score, equal scores by lower index. Empty input gives an empty int64 array.
     """
     check_backend(backend)
+    if device_inputs("nms", backend, boxes=boxes, scores=scores):
+        n = check_device_array("boxes", boxes, np.float32, (None, 4))[0]
+        check_device_array("scores", scores, np.float32, (n,))
+        thr, limit, st = _scalars(n, iou_threshold, max_output_size, score_threshold)
+        cuda_nms = backend_kernel(backend, "nms", "nms")
+        return cuda_nms(boxes, scores, float(thr), limit, float(st))
     b, s, thr, limit, st = _prepare(boxes, scores, iou_threshold, max_output_size, score_threshold)
     if b.shape[0] == 0 or limit == 0:
         return np.zeros(0, np.int64)
@@ -317,6 +343,11 @@ def soft_nms(
         score. Empty input gives empty int64 and float32 arrays.
     """
     check_backend(backend)
+    if device_inputs("soft_nms", backend, boxes=boxes, scores=scores):
+        raise ValueError(
+            "soft_nms has no CUDA kernel: copy boxes and scores to the host and use "
+            "backend='cpu'"
+        )
     b, s, thr, limit, st = _prepare(boxes, scores, iou_threshold, max_output_size, score_threshold)
     sig = _check_sigma(sigma)
     if b.shape[0] == 0 or limit == 0:
@@ -357,6 +388,18 @@ def batched_nms(
         order is that class's selection order). Empty input gives an empty int64 array.
     """
     check_backend(backend)
+    if device_inputs("batched_nms", backend, boxes=boxes, scores=scores, classes=classes):
+        n = check_device_array("boxes", boxes, np.float32, (None, 4))[0]
+        check_device_array("scores", scores, np.float32, (n,))
+        check_device_array("classes", classes, None, (n,))  # any integer dtype
+        thr, limit, st = _scalars(
+            n, iou_threshold, max_output_size_per_class, score_threshold,
+            "max_output_size_per_class",
+        )
+        cuda_batched = backend_kernel(backend, "nms", "batched_nms")
+        return cuda_batched(
+            boxes, scores, classes, float(thr), limit, float(st)
+        )
     b, s, thr, limit, st = _prepare(
         boxes, scores, iou_threshold, max_output_size_per_class, score_threshold,
         "max_output_size_per_class",

@@ -9,6 +9,12 @@ same function and is checked bitwise against it. Detectron2's R101-C4 head uses
 Layouts: ``features`` is ``[N, H, W, C]`` (NHWC, npfrcnn's layout) where torchvision takes
 NCHW; ``rois`` is ``[K, 5]`` ``(batch_index, x1, y1, x2, y2)`` in input-image pixels, as in
 torchvision.
+
+``backend="cuda"`` runs the numba.cuda kernel on host arrays (copied in and out) or on GPU
+arrays: float32 C-contiguous ``features`` and ``rois`` exposing ``__cuda_array_interface__``
+(CuPy, CUDA torch tensors, numba device arrays) are used in place and the result is a GPU array
+(numba's). Their shapes and dtypes are checked; their values are not (finite RoIs, batch
+indices in range), since that would copy them to the host.
 """
 
 from __future__ import annotations
@@ -19,7 +25,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from npfrcnn._validate import as_float_array, check_backend, check_size_pair
+from npfrcnn._validate import (
+    as_float_array,
+    check_backend,
+    check_device_array,
+    check_size_pair,
+    device_inputs,
+)
 from npfrcnn.ops._backend import kernel_module
 
 __all__ = ["roi_align"]
@@ -46,17 +58,7 @@ def validate_rois(
             "pass a [N, H, W, C] feature map with H, W >= 1"
         )
     r = as_float_array("rois", rois, ndim=2, last=5, finite=True)
-    pooled_h, pooled_w = check_size_pair("output_size", output_size)
-    try:
-        scale = float(spatial_scale)
-    except (TypeError, ValueError):
-        raise ValueError(f"spatial_scale must be a number, got {spatial_scale!r}") from None
-    if not (np.isfinite(scale) and scale > 0):
-        raise ValueError(
-            f"spatial_scale must be a finite positive number, got {spatial_scale!r}; "
-            "pass the feature stride's reciprocal, e.g. 1/16"
-        )
-    scale32 = np.float32(scale)
+    pooled_h, pooled_w, scale32 = _roi_scalars(output_size, spatial_scale)
     batch = r[:, 0]
     if batch.size and (
         np.any(batch != np.trunc(batch)) or batch.min() < 0 or batch.max() >= fmap.shape[0]
@@ -72,6 +74,46 @@ def validate_rois(
             f"{scaled.max():g}; pass boxes in input-image pixels with the feature map's scale"
         )
     return fmap, r, batch.astype(np.int64), scale32, pooled_h, pooled_w
+
+
+def _roi_scalars(
+    output_size: int | Sequence[int], spatial_scale: float
+) -> tuple[int, int, np.float32]:
+    pooled_h, pooled_w = check_size_pair("output_size", output_size)
+    try:
+        scale = float(spatial_scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"spatial_scale must be a number, got {spatial_scale!r}") from None
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(
+            f"spatial_scale must be a finite positive number, got {spatial_scale!r}; "
+            "pass the feature stride's reciprocal, e.g. 1/16"
+        )
+    return pooled_h, pooled_w, np.float32(scale)
+
+
+def device_rois(
+    op: str,
+    features: Any,
+    rois: Any,
+    output_size: int | Sequence[int],
+    spatial_scale: float,
+    backend: str,
+) -> tuple[int, int, np.float32] | None:
+    """For GPU inputs (``backend="cuda"``): their shapes and dtypes checked (not their values:
+    that would copy them to the host), and ``(pooled_h, pooled_w, scale)``; ``None`` for host
+    inputs."""
+    check_backend(backend)
+    if not device_inputs(op, backend, features=features, rois=rois):
+        return None
+    shape = check_device_array("features", features, np.float32, (None, None, None, None))
+    if shape[1] == 0 or shape[2] == 0:
+        raise ValueError(
+            f"features must have positive height and width, got shape {shape}; "
+            "pass a [N, H, W, C] feature map with H, W >= 1"
+        )
+    check_device_array("rois", rois, np.float32, (None, 5))
+    return _roi_scalars(output_size, spatial_scale)
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,14 +278,20 @@ def roi_align(
             not a whole number in ``[0, N)``, coordinates beyond ``2**24``, a non-positive
             output size or spatial scale, a non-integer sampling ratio, an unknown backend.
     """
-    fmap, r, batch, scale, pooled_h, pooled_w = validate_rois(
-        features, rois, output_size, spatial_scale, backend
-    )
     if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, (int, np.integer)):
         raise ValueError(
             f"sampling_ratio must be an integer (<= 0 for adaptive), got {sampling_ratio!r}"
         )
     ratio, align = int(sampling_ratio), bool(aligned)
+    on_gpu = device_rois("roi_align", features, rois, output_size, spatial_scale, backend)
+    if on_gpu is not None:
+        cuda_align = kernel_module("cuda", "roi_align")
+        return cuda_align.roi_align(
+            features, rois, on_gpu[:2], float(on_gpu[2]), ratio, align
+        )
+    fmap, r, batch, scale, pooled_h, pooled_w = validate_rois(
+        features, rois, output_size, spatial_scale, backend
+    )
     if r.shape[0] == 0:
         return np.zeros((0, pooled_h, pooled_w, fmap.shape[3]), dtype=np.float32)
     if backend == "numpy":

@@ -5,6 +5,12 @@ The reference below (``backend="numpy"``) transcribes torchvision's CPU kernel
 ``npfrcnn.kernels.cpu.roi_pool`` computes the same function and is checked bitwise against it.
 Layouts as ``roi_align``: ``features`` ``[N, H, W, C]``, ``rois`` ``[K, 5]``
 ``(batch_index, x1, y1, x2, y2)``.
+
+``backend="cuda"`` runs the numba.cuda kernel on host arrays (copied in and out) or on GPU
+arrays: float32 C-contiguous ``features`` and ``rois`` exposing ``__cuda_array_interface__``
+(CuPy, CUDA torch tensors, numba device arrays) are used in place and the result is a GPU array
+(numba's). Their shapes and dtypes are checked; their values are not (finite RoIs, batch
+indices in range), since that would copy them to the host.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from npfrcnn.ops._backend import kernel_module
-from npfrcnn.ops.roi_align import validate_rois
+from npfrcnn.ops.roi_align import device_rois, validate_rois
 
 __all__ = ["roi_pool"]
 
@@ -119,6 +125,10 @@ def roi_pool(
         ValueError: as ``roi_align`` (wrong rank or shape, non-real dtype, non-finite RoIs, bad
             batch index, coordinates beyond ``2**24``, non-positive sizes or scale, backend).
     """
+    on_gpu = device_rois("roi_pool", features, rois, output_size, spatial_scale, backend)
+    if on_gpu is not None:
+        cuda_pool = kernel_module("cuda", "roi_pool")
+        return cuda_pool.roi_pool(features, rois, on_gpu[:2], float(on_gpu[2]))
     fmap, r, batch, scale, pooled_h, pooled_w = validate_rois(
         features, rois, output_size, spatial_scale, backend
     )
