@@ -32,7 +32,7 @@ step setup bash -c 'nvidia-smi; python3 -m pip install -q --no-deps --no-build-i
 numba_cuda.__version__, torch.__version__, torchvision.__version__)"'
 step tests python3 -m pytest -q -p no:cacheprovider --run-slow -rs \
     tests/test_cuda_kernels.py tests/test_nms.py tests/test_crop_and_resize.py \
-    tests/test_roi_align.py tests/test_roi_pool.py tests/test_backend.py
+    tests/test_roi_align.py tests/test_roi_pool.py tests/test_backend.py tests/test_device_arrays.py
 san="${TMPDIR:-/tmp}/npfrcnn_sanitize.py"  # outside OUTDIR: only logs and results go there
 cat > "$san" <<'EOF'
 # Every kernel once, production block size, several blocks per launch.

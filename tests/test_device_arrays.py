@@ -134,3 +134,25 @@ def test_device_metadata_checks_read_only_the_interface():
     assert check_device_array("c", _Interface((5,), "<i2"), None, (5,)) == (5,)
     assert is_device_array(_Interface((1,), "<f4")) and not is_device_array(np.zeros(1))
     assert device_inputs("op", "cpu", a=np.zeros(1), b=[1.0]) is False
+
+
+@pytest.mark.gpu
+def test_torch_cuda_tensors_go_through_in_place():
+    torch = pytest.importorskip("torch")
+    boxes, scores, _ = _nms_inputs()
+    t_boxes = torch.from_numpy(boxes).cuda()
+    t_scores = torch.from_numpy(scores).cuda()
+    got = ops.nms(t_boxes, t_scores, 0.4, backend="cuda")
+    assert is_device_array(got)
+    assert_same(np.asarray(got.copy_to_host()), ops.nms(boxes, scores, 0.4, backend="numpy"))
+    rng = np.random.default_rng(2)
+    image = rng.standard_normal((1, 6, 7, 5)).astype(F32)
+    rois = np.array([[0, 1.0, 1.0, 9.0, 7.0], [0, 0.5, 2.0, 4.0, 3.0]], F32)
+    got = ops.roi_align(
+        torch.from_numpy(image).cuda(), torch.from_numpy(rois).cuda(), 2, 0.5, 2, True,
+        backend="cuda",
+    )
+    want = ops.roi_align(image, rois, 2, 0.5, 2, True, backend="numpy")
+    assert_same(np.asarray(got.copy_to_host()), want)
+    with pytest.raises(ValueError, match="non-contiguous float32"):
+        ops.nms(t_boxes.t().contiguous().t(), t_scores, 0.4, backend="cuda")
