@@ -144,6 +144,20 @@ def _roi_align_kernel(features, rois, spatial_scale, sampling_ratio, aligned, ou
                 out[k, ph, pw, c] = fdiv(acc[j], count)
 
 
+def roi_launch(
+    features: Any, rois: Any, output_size: int | tuple[int, int], out: Any
+) -> tuple[bool, Any, Any, Any, int, int]:
+    """The RoI drivers' set-up: ``(result stays on the device, features and rois on the device,
+    the result array [K, pooled_h, pooled_w, C], blocks, threads)``."""
+    ph, pw = (output_size, output_size) if isinstance(output_size, int) else output_size
+    on_device = _cuda.is_device_array(features) or out is not None
+    d_feat = _cuda.as_device(features, np.float32)
+    d_rois = _cuda.as_device(rois, np.float32)
+    out = _cuda.output(out, (int(d_rois.shape[0]), int(ph), int(pw), int(d_feat.shape[3])))
+    blocks, threads = _cuda.cell_launch(int(out.shape[0]) * ph * pw, int(out.shape[3]))
+    return on_device, d_feat, d_rois, out, blocks, threads
+
+
 def roi_align(
     features: npt.NDArray[np.float32] | Any,
     rois: npt.NDArray[np.float32] | Any,
@@ -170,14 +184,8 @@ def roi_align(
         float32 ``[K, pooled_h, pooled_w, C]``: NumPy for NumPy input, a device array for
         device input.
     """
-    ph, pw = (output_size, output_size) if isinstance(output_size, int) else output_size
-    on_device = _cuda.is_device_array(features)
-    d_feat = _cuda.as_device(features, np.float32)
-    d_rois = _cuda.as_device(rois, np.float32)
-    on_device = on_device or out is not None
-    out = _cuda.output(out, (int(d_rois.shape[0]), int(ph), int(pw), int(d_feat.shape[3])))
+    on_device, d_feat, d_rois, out, blocks, threads = roi_launch(features, rois, output_size, out)
     if out.size:
-        blocks, threads = _cuda.cell_launch(int(out.shape[0]) * ph * pw, int(out.shape[3]))
         _roi_align_kernel[blocks, threads](
             d_feat, d_rois, np.float32(spatial_scale), int(sampling_ratio), bool(aligned), out
         )

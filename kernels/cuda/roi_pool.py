@@ -25,9 +25,9 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-from . import _cuda
 from ._cuda import CHANNELS_PER_THREAD as CPT
 from ._cuda import cuda, device_function, fdiv, fmul, fsub, split_cell
+from .roi_align import roi_launch
 
 __all__ = ["roi_pool"]
 
@@ -111,13 +111,7 @@ def roi_pool(
         float32 ``[K, pooled_h, pooled_w, C]``: NumPy for NumPy input, a device array for
         device input.
     """
-    ph, pw = (output_size, output_size) if isinstance(output_size, int) else output_size
-    on_device = _cuda.is_device_array(features)
-    d_feat = _cuda.as_device(features, np.float32)
-    d_rois = _cuda.as_device(rois, np.float32)
-    on_device = on_device or out is not None
-    out = _cuda.output(out, (int(d_rois.shape[0]), int(ph), int(pw), int(d_feat.shape[3])))
+    on_device, d_feat, d_rois, out, blocks, threads = roi_launch(features, rois, output_size, out)
     if out.size:
-        blocks, threads = _cuda.cell_launch(int(out.shape[0]) * ph * pw, int(out.shape[3]))
         _roi_pool_kernel[blocks, threads](d_feat, d_rois, np.float32(spatial_scale), out)
     return out if on_device else out.copy_to_host()
