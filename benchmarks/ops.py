@@ -148,8 +148,8 @@ def main() -> int:
             table(rows),
             "",
             "'first-call extra' is the first call's time minus the median: Numba compilation "
-            "for the cpu backend (the serial NMS kernel loads from Numba's on-disk cache after "
-            "its first compilation; the parallel crop kernel compiles in every process).",
+            "or a load from its on-disk cache for the cpu backend (every kernel, the parallel "
+            "crop kernel too, compiles once per machine and loads from the cache after that).",
         ]
     )
     print(body)

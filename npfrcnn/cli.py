@@ -231,7 +231,8 @@ def _provenance(weights: str) -> dict[str, Any]:
 
 @dataclass
 class _Timings:
-    """Seconds per stage per image, first image kept apart (it includes Numba compilation)."""
+    """Seconds per stage per image, first image kept apart (it includes Numba's compilation
+    or cache load)."""
 
     order: list[str] = field(default_factory=list)
     rows: list[dict[str, float]] = field(default_factory=list)
@@ -264,13 +265,16 @@ class _Timings:
         if rest:
             first = self.rows[0].get("total", math.nan)
             med = statistics.median([r["total"] for r in rest if "total" in r] or [math.nan])
-            why = "Numba compilation, " if backend == "cpu" else ""
+            why = "Numba compilation or cache load, " if backend == "cpu" else ""
             lines.append(
                 f"  first image minus median: {first - med:.3f} s (one-time {why}caches; "
                 "image sizes matter too)"
             )
         elif backend == "cpu":
-            lines.append("  (one image: its time includes one-time Numba compilation)")
+            lines.append(
+                "  (one image: its time includes Numba's one-time set-up: compilation on a "
+                "machine's first run, a load from its on-disk cache after that)"
+            )
         return "\n".join(lines)
 
 

@@ -1,1 +1,1 @@
-"""Numba ``@njit`` CPU kernels, one file per op (no fastmath; ``cache=True`` on serial ones)."""
+"""Numba ``@njit`` CPU kernels, one file per op (no fastmath; ``cache=True``)."""

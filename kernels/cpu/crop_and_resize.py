@@ -90,7 +90,7 @@ def _keep_max(v, m):  # pragma: no cover - compiled
     return v if v > m else m
 
 
-@njit(parallel=True)
+@njit(parallel=True, cache=True)
 def crop_and_resize(image, boxes, box_indices, crop_h, crop_w, nearest, extrapolation_value, out):
     """``tf.image.crop_and_resize`` into ``out``, float32 ``[N, crop_h, crop_w, D]``."""
     n = boxes.shape[0]
@@ -116,7 +116,7 @@ def crop_and_resize(image, boxes, box_indices, crop_h, crop_w, nearest, extrapol
     return out
 
 
-@njit(parallel=True)
+@njit(parallel=True, cache=True)
 def crop_and_pool(image, boxes, box_indices, crop_h, crop_w, extrapolation_value, out):
     """Bilinear ``crop_and_resize`` then a 2x2 stride-2 VALID max pool, fused, into ``out``.
 

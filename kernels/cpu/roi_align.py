@@ -61,7 +61,7 @@ def _axis_weights(start, bin_size, pooled, grid, size):  # pragma: no cover - co
     return inside, low, high, w_low, w_high
 
 
-@njit(parallel=True)
+@njit(parallel=True, cache=True)
 def roi_align(
     features, rois, batch, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, out
 ):

@@ -31,7 +31,7 @@ def _round_half_away(v):  # pragma: no cover - compiled
     return np.int64(t)
 
 
-@njit(parallel=True)
+@njit(parallel=True, cache=True)
 def roi_pool(features, rois, batch, spatial_scale, pooled_h, pooled_w, out):
     """RoI max pooling into ``out`` ``[K, pooled_h, pooled_w, C]``."""
     k_rois = rois.shape[0]
