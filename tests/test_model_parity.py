@@ -446,3 +446,16 @@ def test_feature_map_shape_matches_backbone(narrow_models, h, w, pad):
     m = narrow_models[pad]
     fm = m.features(m.preprocess(np.zeros((h, w, 3), np.uint8)))
     assert fm.shape[1:3] == m.feature_map_shape(h, w) == feature_map_size(h, w, pad)
+
+
+def test_config_values_the_model_does_not_run_are_refused_up_front():
+    # ModelConfig can describe other systems (Detectron2's RoIAlign, sigmoid objectness); the
+    # model refuses them at construction, naming each, rather than computing something else.
+    cfg = small_config(roi_op="roi_align", rpn_objectness="sigmoid")
+    with pytest.raises(NotImplementedError, match=r"rpn_objectness='sigmoid'.*roi_op='roi_align'"):
+        FasterRCNN(cfg, CLASSES, random_weights(cfg), backend="cpu")
+    # The stage function guards itself too, for callers that bypass the model.
+    from npfrcnn import rcnn
+
+    with pytest.raises(NotImplementedError, match="roi_op 'roi_align'"):
+        rcnn.roi_pool(np.zeros((1, 4, 4, 8), np.float32), np.zeros((1, 4)), (64, 64), cfg)
