@@ -199,6 +199,7 @@ def decode(
     plus_one: bool = False,
     decode_minus_one: bool | None = None,
     clamp: float | None = None,
+    exp: str = "numpy",
 ) -> FloatArray:
     """Apply ``deltas`` to ``anchors``.
 
@@ -219,6 +220,10 @@ def decode(
             ``decode_minus_one=False``.
         clamp: if given, ``dw`` and ``dh`` are clamped to at most this value before ``exp``
             (Detectron2 ``log(1000 / 16)``, TF OD API 80). ``None``: no clamp (workshop).
+        exp: ``"numpy"`` (``np.exp`` in the input dtype, the TF-parity choice) or
+            ``"float64"`` (``exp`` of the value in float64, rounded once: correctly rounded in
+            all but rare cases; npfrcnn's stand-in for torch's MKL ``exp``, which no portable
+            code reproduces, torchvision-spec 5.3).
 
     Returns:
         ``[N, 4]`` boxes ``(x1, y1, x2, y2)`` in the common float dtype. No clipping.
@@ -245,9 +250,15 @@ def decode(
         dh = np.minimum(dh, dtype.type(clamp))
     ncx = dx * w + cx
     ncy = dy * h + cy
+    if exp not in ("numpy", "float64"):
+        raise ValueError(f"exp must be 'numpy' or 'float64', got {exp!r}")
     with np.errstate(over="ignore"):
-        nw = np.exp(dw) * w
-        nh = np.exp(dh) * h
+        if exp == "float64":
+            nw = np.exp(dw.astype(np.float64)).astype(dtype) * w
+            nh = np.exp(dh.astype(np.float64)).astype(dtype) * h
+        else:
+            nw = np.exp(dw) * w
+            nh = np.exp(dh) * h
     half = dtype.type(0.5)
     minus = _offset(plus_one if decode_minus_one is None else decode_minus_one, dtype)
     return np.stack(

@@ -27,14 +27,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from npfrcnn import anchors as anchors_mod
 from npfrcnn._validate import check_backend
-from npfrcnn.config import ModelConfig
-from npfrcnn.rcnn import HEAD_CHUNK, final_detections, head, roi_pool
-from npfrcnn.resnet import feature_map_shape, run_base
-from npfrcnn.rpn import Proposals, RPNOutput, generate_proposals, rpn_head
+from npfrcnn.config import AnyConfig, FPNConfig
+from npfrcnn.modeling.transform import Preprocessed
+from npfrcnn.rcnn import HEAD_CHUNK
+from npfrcnn.resnet import feature_map_shape
 
-__all__ = ["FasterRCNN", "Detections"]
+__all__ = ["FasterRCNN", "Detections", "Parts", "build_parts"]
 
 F32 = npt.NDArray[np.float32]
 
@@ -63,9 +62,11 @@ class Detections:
         return int(self.labels.shape[0])
 
 
-def _unsupported(config: ModelConfig) -> list[str]:
-    """Config values this version does not implement (other profiles come later)."""
-    out = []
+def _unsupported(config: AnyConfig) -> list[str]:
+    """Config values the parts cannot run (other profiles come later)."""
+    out: list[str] = []
+    if isinstance(config, FPNConfig):
+        return out
     if config.rpn_objectness != "softmax":
         out.append("rpn_objectness='sigmoid'")
     if config.roi_op != "crop_and_resize":
@@ -77,11 +78,69 @@ def _unsupported(config: ModelConfig) -> list[str]:
     return out
 
 
+@dataclass
+class Parts:
+    """The parts a profile is made of (``build_parts`` chooses them from the config)."""
+
+    transform: Any
+    backbone: Any
+    rpn: Any
+    pooler: Any
+    box_head: Any
+    predictor: Any
+    postprocess: Any
+
+
+def build_parts(config: AnyConfig, tensors: Mapping[str, np.ndarray], backend: str) -> Parts:
+    """Pick every part for ``config``: C4 (workshop) or ResNet + FPN (torchvision)."""
+    if isinstance(config, FPNConfig):
+        from npfrcnn.modeling.backbone import FPN, ResNetBody
+        from npfrcnn.modeling.heads import FastRCNNPredictor, build_box_head
+        from npfrcnn.modeling.poolers import MultiScaleRoIAlign
+        from npfrcnn.modeling.postprocess import TorchvisionPostprocess
+        from npfrcnn.modeling.rpn import MultiLevelRPN
+        from npfrcnn.modeling.transform import TorchvisionTransform
+
+        return Parts(
+            TorchvisionTransform(config, backend),
+            _FPNBackbone(ResNetBody(config, tensors, backend), FPN(config, tensors, backend)),
+            MultiLevelRPN(config, tensors, backend),
+            MultiScaleRoIAlign(config, backend),
+            build_box_head(config, tensors, backend),
+            FastRCNNPredictor(config, tensors, backend),
+            TorchvisionPostprocess(config, backend),
+        )
+    from npfrcnn.modeling import c4
+
+    return Parts(
+        c4.WorkshopTransform(config, backend),
+        c4.C4Backbone(config, tensors, backend),
+        c4.SingleLevelRPN(config, tensors, backend),
+        c4.CropAndPool(config, backend),
+        c4.Block4Head(config, tensors, backend),
+        c4.C4Predictor(config, tensors, backend),
+        c4.C4Postprocess(config, backend),
+    )
+
+
+class _FPNBackbone:
+    """ResNet body then FPN; keeps the body's outputs of the last call for ``run_stages``."""
+
+    def __init__(self, body: Any, fpn: Any):
+        self.body, self.fpn = body, fpn
+        self.last_body: list[F32] = []
+
+    def __call__(self, x: F32) -> dict[str, F32]:
+        self.last_body = self.body(x)
+        return self.fpn(self.last_body)  # type: ignore[no-any-return]
+
+
 class FasterRCNN:
-    """A ResNet-C4 Faster R-CNN in NumPy.
+    """A Faster R-CNN in NumPy, any profile: its parts are chosen by the config.
 
     Args:
-        config: the model configuration (:mod:`npfrcnn.config`).
+        config: the model configuration (:mod:`npfrcnn.config`): a :class:`ModelConfig` (C4,
+            workshop) or an :class:`FPNConfig` (torchvision).
         classes: ``config.num_classes`` class names.
         tensors: name -> float32 array for every name of
             ``npfrcnn.weights.expected_shapes(config)``; validated here (one error listing every
@@ -91,7 +150,7 @@ class FasterRCNN:
 
     def __init__(
         self,
-        config: ModelConfig,
+        config: AnyConfig,
         classes: Sequence[str],
         tensors: Mapping[str, np.ndarray],
         backend: str = "cpu",
@@ -117,11 +176,11 @@ class FasterRCNN:
         self.classes = [str(c) for c in classes]
         self.tensors = {n: np.ascontiguousarray(a, dtype=np.float32) for n, a in arrays.items()}
         self.backend = backend
-        style = "luminoth" if config.anchor_plus_one else "workshop"
-        self._reference_anchors = anchors_mod.reference_anchors(
-            config.anchor_base_size, config.anchor_ratios, config.anchor_scales,
-            style=style, dtype=np.float32,
-        )
+        self.parts = build_parts(config, self.tensors, backend)
+
+    @property
+    def is_fpn(self) -> bool:
+        return isinstance(self.config, FPNConfig)
 
     @classmethod
     def from_hdf5(cls, path: str | os.PathLike[str], backend: str = "cpu") -> FasterRCNN:
@@ -134,76 +193,92 @@ class FasterRCNN:
     # Sizes ----------------------------------------------------------------------------------
 
     def feature_map_shape(self, height: int, width: int) -> tuple[int, int]:
-        """``(H_f, W_f)`` of the block3 map for an image of ``height x width`` (no compute)."""
+        """``(H_f, W_f)`` of the (C4) block3 map, or of FPN level '0', for an image (no compute)."""
+        if isinstance(self.config, FPNConfig):
+            hp, wp = self.parts.transform.padded_size(height, width)
+            return hp // 4, wp // 4
         return feature_map_shape(self.config, height, width)
 
     def num_anchors(self, height: int, width: int) -> int:
-        """Anchors for an image: ``H_f * W_f * k``."""
+        """Anchors for an image: ``H_f * W_f * k`` (C4), summed over the levels (FPN)."""
+        if isinstance(self.config, FPNConfig):
+            hp, wp = self.parts.transform.padded_size(height, width)
+            total, fh, fw = 0, hp // 4, wp // 4
+            for _ in range(4):
+                total += fh * fw
+                fh, fw = fh // 2, fw // 2
+            pool = (-(-(hp // 32) // 2), -(-(wp // 32) // 2))
+            return (total + pool[0] * pool[1]) * self.config.num_anchors
         h_f, w_f = self.feature_map_shape(height, width)
         return h_f * w_f * self.config.num_anchors
 
     # Stages ---------------------------------------------------------------------------------
 
+    def transform(self, image: npt.ArrayLike) -> Preprocessed:
+        """The network input and the image sizes (:class:`npfrcnn.modeling.transform.Preprocessed`).
+
+        C4: RGB minus the means at native size. FPN: torchvision's normalise, resize, pad.
+        """
+        return self.parts.transform(image)  # type: ignore[no-any-return]
+
     def preprocess(self, image: npt.ArrayLike) -> F32:
-        """uint8 ``[H, W, 3]`` RGB -> float32 ``[1, H, W, 3]``: channel order, minus the means.
+        """uint8 ``[H, W, 3]`` RGB -> float32 ``[1, H', W', 3]`` network input (:meth:`transform`).
 
         Other real dtypes are accepted and converted to float32 first.
         """
-        img = np.asarray(image)
-        if img.ndim != 3 or img.shape[2] != 3 or img.dtype.kind not in "uif":
-            raise ValueError(
-                f"image must be a uint8 [H, W, 3] RGB array, got {img.dtype} array of shape "
-                f"{img.shape}; load it with npfrcnn.image.load"
-            )
-        if img.shape[0] < 1 or img.shape[1] < 1:
-            raise ValueError(f"image must not be empty, got shape {img.shape}")
-        self.feature_map_shape(img.shape[0], img.shape[1])  # raises for too-small images
-        x = img.astype(np.float32)
-        if self.config.channel_order == "BGR":
-            x = x[:, :, ::-1]
-        x = x - np.asarray(self.config.pixel_means, dtype=np.float32)
-        return np.ascontiguousarray(x[None], dtype=np.float32)
+        return self.transform(image).x
 
-    def features(self, x: F32) -> F32:
-        """block3 feature map ``[1, H_f, W_f, C3]`` of a preprocessed image."""
-        return run_base(np.asarray(x, dtype=np.float32), self.tensors, self.config, self.backend)
+    def features(self, x: F32) -> Any:
+        """The backbone: C4 block3 map ``[1, H_f, W_f, C3]``; FPN: ``{'0': .., 'pool': ..}``."""
+        return self.parts.backbone(np.asarray(x, dtype=np.float32))
 
-    def rpn(self, features: F32) -> RPNOutput:
-        """RPN head outputs (:class:`npfrcnn.rpn.RPNOutput`)."""
-        return rpn_head(np.asarray(features, dtype=np.float32), self.tensors, self.config,
-                        self.backend)
+    def rpn(self, features: Any) -> Any:
+        """RPN head outputs (C4 :class:`npfrcnn.rpn.RPNOutput`; FPN per level)."""
+        return self.parts.rpn.head(features)
 
-    def anchors(self, feature_shape: tuple[int, int]) -> F32:
-        """float32 ``[H_f * W_f * k, 4]`` anchors, row ``(y * W_f + x) * k + a``."""
-        return anchors_mod.grid_anchors(
-            int(feature_shape[0]), int(feature_shape[1]), self.config.output_stride,
-            self._reference_anchors, offset=self.config.anchor_offset,
-        )
+    def anchors(self, feature_shape: Any, input_shape: tuple[int, int] | None = None) -> Any:
+        """C4: float32 ``[H_f * W_f * k, 4]`` for ``feature_shape = (H_f, W_f)``, row
+        ``(y * W_f + x) * k + a``. FPN: per-level anchors for ``feature_shape`` = the RPN output
+        and ``input_shape`` = the padded input ``(Hp, Wp)``."""
+        if isinstance(self.config, FPNConfig):
+            if input_shape is None:
+                raise ValueError("FPN anchors need input_shape, the padded input (Hp, Wp)")
+            return self.parts.rpn.anchors(feature_shape, input_shape)
+        return self.parts.rpn.anchors(feature_shape)
 
     def proposals(
         self,
-        rpn_out: RPNOutput,
+        rpn_out: Any,
         image_shape: tuple[int, int],
-        anchors: npt.ArrayLike | None = None,
-    ) -> Proposals:
-        """Proposals from the RPN output; ``anchors`` default to :meth:`anchors`."""
-        anc = self.anchors(rpn_out.feature_shape) if anchors is None else anchors
-        return generate_proposals(
-            rpn_out.bbox_pred, rpn_out.cls_prob, anc, image_shape, self.config, self.backend
-        )
+        anchors: Any = None,
+        input_shape: tuple[int, int] | None = None,
+    ) -> Any:
+        """Proposals from the RPN output; ``anchors`` default to :meth:`anchors`.
 
-    def pool_rois(
-        self, features: F32, proposals: npt.ArrayLike, image_shape: tuple[int, int]
-    ) -> F32:
-        """Pooled RoIs ``[P, 7, 7, C3]`` (:func:`npfrcnn.rcnn.roi_pool`)."""
-        return roi_pool(
-            np.asarray(features, dtype=np.float32), proposals, image_shape, self.config,
-            self.backend,
-        )
+        ``image_shape`` is the (resized) image's ``(h, w)``; FPN profiles also need the padded
+        ``input_shape`` when ``anchors`` is not given.
+        """
+        if anchors is None:
+            if isinstance(self.config, FPNConfig):
+                anchors = self.anchors(rpn_out, input_shape)
+            else:
+                anchors = self.anchors(rpn_out.feature_shape)
+        return self.parts.rpn.proposals(rpn_out, anchors, image_shape)
 
-    def head(self, pooled: F32) -> tuple[F32, F32]:
-        """``(bbox_pred [P, 4n], cls_prob [P, n + 1])`` (:func:`npfrcnn.rcnn.head`)."""
-        return head(np.asarray(pooled, dtype=np.float32), self.tensors, self.config, self.backend)
+    def pool_rois(self, features: Any, proposals: npt.ArrayLike, image_shape: tuple[int, int]) -> Any:
+        """Pooled RoIs: C4 float32 ``[P, 7, 7, C3]``; FPN :class:`PooledRoIs` (features, levels)."""
+        return self.parts.pooler(features, proposals, image_shape)
+
+    def head(self, pooled: Any) -> tuple[F32, F32]:
+        """C4: ``(bbox_pred [P, 4n], cls_prob [P, n + 1])``; FPN: ``(box_regression
+        [P, 4 (n + 1)], class_logits [P, n + 1])`` (softmax comes in :meth:`detections`)."""
+        feats = pooled.features if hasattr(pooled, "features") else pooled
+        feats = np.asarray(feats, dtype=np.float32)
+        parts = [
+            self.parts.box_head(feats[i : i + HEAD_CHUNK])
+            for i in range(0, max(feats.shape[0], 1), HEAD_CHUNK)
+        ]
+        return self.parts.predictor(np.concatenate(parts))  # type: ignore[no-any-return]
 
     def detections(
         self,
@@ -214,8 +289,15 @@ class FasterRCNN:
         *,
         min_prob: float | None = None,
         max_detections: int | None = None,
+        original_size: tuple[int, int] | None = None,
     ) -> Detections:
-        """Final :class:`Detections` (:func:`npfrcnn.rcnn.final_detections`)."""
+        """Final :class:`Detections` in the original image's pixels.
+
+        C4: :func:`npfrcnn.rcnn.final_detections`. FPN: torchvision's
+        ``postprocess_detections`` in the resized image (``image_shape``), then boxes scaled to
+        ``original_size`` (default: ``image_shape``, no scaling). ``min_prob`` overrides the
+        profile's score threshold (C4 keeps ``p >= min_prob``, torchvision ``p > min_prob``).
+        """
         if min_prob is not None and not 0.0 <= float(min_prob) <= 1.0:
             raise ValueError(f"min_prob must be in [0, 1], got {min_prob!r}")
         if max_detections is not None and (
@@ -224,9 +306,21 @@ class FasterRCNN:
             raise ValueError(
                 f"max_detections must be a non-negative int, got {max_detections!r}"
             )
-        boxes, labels, scores = final_detections(
-            proposals, bbox_pred, cls_prob, image_shape, self.config, min_prob=min_prob,
-            max_detections=max_detections, backend=self.backend,
+        if isinstance(self.config, FPNConfig):
+            from npfrcnn.modeling.postprocess import resize_boxes
+
+            out = self.parts.postprocess(
+                proposals, bbox_pred, cls_prob, image_shape, score_thresh=min_prob,
+                detections_per_img=max_detections,
+            )
+            boxes = resize_boxes(out.boxes, image_shape, original_size or image_shape)
+            labels = out.labels - 1
+            return Detections(
+                boxes, labels, out.scores, [self.classes[int(i)] for i in labels]
+            )
+        boxes, labels, scores = self.parts.postprocess(
+            proposals, bbox_pred, cls_prob, image_shape, min_prob=min_prob,
+            max_detections=max_detections,
         )
         return Detections(boxes, labels, scores, [self.classes[int(i)] for i in labels])
 
@@ -242,14 +336,14 @@ class FasterRCNN:
 
         Args:
             image: as :func:`npfrcnn.image.load` returns.
-            min_prob: keep detections with probability ``>= min_prob`` (default the profile's).
-            max_detections: at most this many (default ``config.total_max_detections``).
+            min_prob: the score threshold (default the profile's).
+            max_detections: at most this many (default the profile's).
             timings: if a dict, receives seconds per stage under the keys
                 ``"preprocess", "features", "rpn", "proposals", "roi_pool", "head",
                 "detections"``.
 
         Returns:
-            :class:`Detections` in input pixels.
+            :class:`Detections` in input-image pixels.
         """
         clock: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -260,34 +354,37 @@ class FasterRCNN:
             clock[name] = t1 - t0
             t0 = t1
 
-        x = self.preprocess(image)
-        im_shape = (int(x.shape[1]), int(x.shape[2]))
+        pre = self.transform(image)
+        x = pre.x
         lap("preprocess")
         fm = self.features(x)
         lap("features")
         rpn_out = self.rpn(fm)
         lap("rpn")
-        props = self.proposals(rpn_out, im_shape)
+        props = self.proposals(
+            rpn_out, pre.image_size, input_shape=(int(x.shape[1]), int(x.shape[2]))
+        )
         lap("proposals")
         # RoI pooling and the head are streamed over chunks of proposals, so the pooled RoIs
-        # ([P, 7, 7, C3]) and the tail's activations are never held for all P at once.
+        # ([P, 7, 7, C]) and the head's activations are never held for all P at once.
         clock["roi_pool"] = clock["head"] = 0.0
-        bbox_parts, prob_parts = [], []
+        feat_parts = []
         for start in range(0, max(len(props.boxes), 1), HEAD_CHUNK):
             t1 = time.perf_counter()
-            pooled = self.pool_rois(fm, props.boxes[start : start + HEAD_CHUNK], im_shape)
+            pooled = self.pool_rois(fm, props.boxes[start : start + HEAD_CHUNK], pre.image_size)
             t2 = time.perf_counter()
-            part_bbox, part_prob = self.head(pooled)
+            feats = pooled.features if hasattr(pooled, "features") else pooled
+            feat_parts.append(self.parts.box_head(np.asarray(feats, dtype=np.float32)))
             t0 = time.perf_counter()
             clock["roi_pool"] += t2 - t1
             clock["head"] += t0 - t2
-            bbox_parts.append(part_bbox)
-            prob_parts.append(part_prob)
-        bbox_pred = np.concatenate(bbox_parts)
-        cls_prob = np.concatenate(prob_parts)
+        bbox_pred, cls_out = self.parts.predictor(np.concatenate(feat_parts))
+        lap_head = time.perf_counter() - t0
+        clock["head"] += lap_head
+        t0 = time.perf_counter()
         dets = self.detections(
-            props.boxes, bbox_pred, cls_prob, im_shape, min_prob=min_prob,
-            max_detections=max_detections,
+            props.boxes, bbox_pred, cls_out, pre.image_size, min_prob=min_prob,
+            max_detections=max_detections, original_size=pre.original_size,
         )
         lap("detections")
         if timings is not None:
@@ -295,17 +392,32 @@ class FasterRCNN:
         return dets
 
     def run_stages(self, image: npt.ArrayLike) -> dict[str, Any]:
-        """Every stage's output for one image (for diffs): a dict of arrays and dataclasses."""
-        x = self.preprocess(image)
-        im_shape = (int(x.shape[1]), int(x.shape[2]))
+        """Every stage's output for one image (for diffs): a dict of arrays and dataclasses.
+
+        Keys: ``input``, ``features``, ``rpn``, ``anchors``, ``proposals``, ``pooled``,
+        ``bbox_pred``, ``cls_prob`` (C4; FPN: the class logits), ``detections``; FPN profiles
+        add ``body`` (``[C2, C3, C4, C5]``), ``image_size`` and ``original_size``.
+        """
+        pre = self.transform(image)
+        x = pre.x
         fm = self.features(x)
         rpn_out = self.rpn(fm)
-        anc = self.anchors(rpn_out.feature_shape)
-        props = self.proposals(rpn_out, im_shape, anc)
-        pooled = self.pool_rois(fm, props.boxes, im_shape)
+        if isinstance(self.config, FPNConfig):
+            anc = self.anchors(rpn_out, (int(x.shape[1]), int(x.shape[2])))
+        else:
+            anc = self.anchors(rpn_out.feature_shape)
+        props = self.proposals(rpn_out, pre.image_size, anc)
+        pooled = self.pool_rois(fm, props.boxes, pre.image_size)
         bbox_pred, cls_prob = self.head(pooled)
-        dets = self.detections(props.boxes, bbox_pred, cls_prob, im_shape)
-        return {
+        dets = self.detections(
+            props.boxes, bbox_pred, cls_prob, pre.image_size, original_size=pre.original_size
+        )
+        out: dict[str, Any] = {
             "input": x, "features": fm, "rpn": rpn_out, "anchors": anc, "proposals": props,
             "pooled": pooled, "bbox_pred": bbox_pred, "cls_prob": cls_prob, "detections": dets,
         }
+        if isinstance(self.config, FPNConfig):
+            out["body"] = list(self.parts.backbone.last_body)
+            out["image_size"] = pre.image_size
+            out["original_size"] = pre.original_size
+        return out

@@ -12,6 +12,7 @@ from helpers import assert_same
 
 from npfrcnn.config import workshop
 from npfrcnn.weights import (
+    FORMAT_VERSION,
     WeightsError,
     expected_shapes,
     inspect,
@@ -93,7 +94,7 @@ def good(tmp_path):
 def test_round_trip(good):
     cfg, w, path = good
     f = read(path)
-    assert f.config == cfg and f.classes == CLASSES and f.format_version == 1
+    assert f.config == cfg and f.classes == CLASSES and f.format_version == FORMAT_VERSION
     assert set(f.tensors) == set(w)
     for n in w:
         assert_same(f.tensors[n], w[n])

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from npfrcnn.config import ModelConfig
+from npfrcnn.config import AnyConfig, FPNConfig, config_from_json
 
 __all__ = [
     "FORMAT",
@@ -43,7 +43,10 @@ __all__ = [
 ]
 
 FORMAT = "npfrcnn"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions :func:`read` accepts. Version 1 (C4 configs only) has the same layout; version 2
+#: adds configs of other architectures (``"architecture"`` in the config JSON).
+READABLE_VERSIONS = (1, 2)
 
 
 class WeightsError(ValueError):
@@ -61,7 +64,7 @@ class WeightsError(ValueError):
 class WeightsFile:
     """A validated weights file: everything :class:`npfrcnn.FasterRCNN` needs."""
 
-    config: ModelConfig
+    config: AnyConfig
     classes: list[str]
     tensors: dict[str, np.ndarray]
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -89,8 +92,20 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def _describe(config: AnyConfig) -> str:
+    if isinstance(config, FPNConfig):
+        return (
+            f"{config.name} model (ResNet-{config.depth}, units {config.units_per_block}, "
+            f"{config.num_classes} classes)"
+        )
+    return (
+        f"{config.scope} model with units_per_block={config.units_per_block} and "
+        f"{config.num_classes} classes"
+    )
+
+
 def check_tensors(
-    config: ModelConfig, tensors: Mapping[str, np.ndarray]
+    config: AnyConfig, tensors: Mapping[str, np.ndarray]
 ) -> list[str]:
     """Every problem with ``tensors`` for ``config``: missing, unexpected, shape, dtype, finiteness.
 
@@ -106,8 +121,7 @@ def check_tensors(
         problems.append(f"missing tensor {n!r} (expected shape {expected[n]})")
     for n in unexpected:
         problems.append(
-            f"unexpected tensor {n!r}; it is not part of a {config.scope} model with "
-            f"units_per_block={config.units_per_block} and {config.num_classes} classes"
+            f"unexpected tensor {n!r}; it is not part of a {_describe(config)}"
         )
     for n, shape in expected.items():
         if n not in tensors:
@@ -121,7 +135,7 @@ def check_tensors(
             bad = int(a.size - np.count_nonzero(np.isfinite(a)))
             problems.append(f"tensor {n!r} has {bad} non-finite value(s)")
     for n in expected:
-        if n.endswith("moving_variance") and n in tensors:
+        if n.endswith(("moving_variance", "running_var")) and n in tensors:
             a = tensors[n]
             if a.dtype == np.float32 and np.isfinite(a).all() and (a < 0).any():
                 problems.append(f"tensor {n!r} has negative variances")
@@ -130,7 +144,7 @@ def check_tensors(
 
 def write(
     path: str | os.PathLike[str],
-    config: ModelConfig,
+    config: AnyConfig,
     classes: Sequence[str],
     tensors: Mapping[str, np.ndarray],
     provenance: Mapping[str, Any] | None = None,
@@ -227,7 +241,7 @@ def _load(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], list[str]]
 
 def _parse(
     path: Path, attrs: dict[str, Any], problems: list[str]
-) -> tuple[ModelConfig | None, list[str] | None, dict[str, Any], int | None]:
+) -> tuple[AnyConfig | None, list[str] | None, dict[str, Any], int | None]:
     def s(v: Any) -> str | None:
         if v is None:
             return None
@@ -245,18 +259,24 @@ def _parse(
         problems.append("root attribute format_version is missing")
     else:
         version = int(v)
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             problems.append(
                 f"format_version {version} is not supported (this npfrcnn reads "
-                f"{FORMAT_VERSION}); upgrade npfrcnn or re-convert the weights"
+                f"{', '.join(map(str, READABLE_VERSIONS))}); upgrade npfrcnn or re-convert the "
+                "weights"
             )
-    config: ModelConfig | None = None
+    config: AnyConfig | None = None
     cs = s(attrs.get("config"))
     if cs is None:
         problems.append("root attribute config is missing")
     else:
         try:
-            config = ModelConfig.from_json(cs)
+            config = config_from_json(cs)
+            if version == 1 and isinstance(config, FPNConfig):
+                problems.append(
+                    "format_version 1 files hold C4 configs only, but this one holds an FPN "
+                    "config; the file is damaged or was edited by hand"
+                )
         except (ValueError, TypeError) as e:
             problems.append(f"root attribute config is invalid: {e}")
     classes: list[str] | None = None

@@ -24,7 +24,7 @@ stores them, so a TF checkpoint needs no transposition. All tensors are float32.
 
 from __future__ import annotations
 
-from npfrcnn.config import ModelConfig
+from npfrcnn.config import FPNConfig, ModelConfig
 from npfrcnn.resnet import BN_PARAMS, backbone_units, tail_units
 
 __all__ = ["expected_shapes", "conv_names"]
@@ -36,8 +36,16 @@ def _conv_bn(out: dict[str, tuple[int, ...]], scope: str, kernel: tuple[int, ...
         out[f"{scope}/batch_normalization/{p}"] = (kernel[-1],)
 
 
-def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor the model needs, name -> shape, in network order."""
+def expected_shapes(config: ModelConfig | FPNConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor the model needs, name -> shape, in network order.
+
+    C4 configs use the workshop's TF names (this module); FPN configs torchvision's state-dict
+    keys (:mod:`npfrcnn.weights.torchvision_names`).
+    """
+    if isinstance(config, FPNConfig):
+        from npfrcnn.weights.torchvision_names import expected_shapes as fpn_shapes
+
+        return fpn_shapes(config)
     out: dict[str, tuple[int, ...]] = {}
     scope = config.scope
     _conv_bn(out, f"{scope}/conv1", (7, 7, 3, config.root_depth))

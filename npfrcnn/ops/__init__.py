@@ -8,7 +8,17 @@ empty input, and dispatches to a backend: ``"numpy"`` runs the readable referenc
 
 from npfrcnn.ops.conv import conv2d
 from npfrcnn.ops.crop_and_resize import crop_and_pool, crop_and_resize
-from npfrcnn.ops.layers import batch_norm, dense, max_pool2d, mean, relu, relu6, softmax
+from npfrcnn.ops.layers import (
+    batch_norm,
+    dense,
+    frozen_batch_norm,
+    max_pool2d,
+    mean,
+    relu,
+    relu6,
+    softmax,
+    torch_batch_norm,
+)
 from npfrcnn.ops.nms import batched_nms, nms, soft_nms
 from npfrcnn.ops.roi_align import roi_align
 from npfrcnn.ops.roi_pool import roi_pool
@@ -21,6 +31,7 @@ __all__ = [
     "crop_and_pool",
     "crop_and_resize",
     "dense",
+    "frozen_batch_norm",
     "max_pool2d",
     "mean",
     "nms",
@@ -31,4 +42,5 @@ __all__ = [
     "soft_nms",
     "softmax",
     "top_k",
+    "torch_batch_norm",
 ]

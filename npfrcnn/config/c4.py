@@ -26,7 +26,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ModelConfig", "PROFILES", "STANDARD_UNITS", "workshop", "get_profile"]
+__all__ = ["ModelConfig", "STANDARD_UNITS", "workshop"]
 
 #: Units per block of the standard ResNet v1 depths (depth = 3 * sum(units) + 2).
 STANDARD_UNITS: dict[int, tuple[int, int, int, int]] = {
@@ -256,16 +256,3 @@ def workshop(
     return ModelConfig(
         name="workshop", num_classes=num_classes, units_per_block=units_per_block, **changes
     )
-
-
-PROFILES: dict[str, ModelConfig] = {"workshop": workshop()}
-
-
-def get_profile(name: str) -> ModelConfig:
-    """The named profile; ``ValueError`` listing the known names otherwise."""
-    try:
-        return PROFILES[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown profile {name!r}; choose one of {', '.join(sorted(PROFILES))}"
-        ) from None

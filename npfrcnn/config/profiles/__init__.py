@@ -1,0 +1,1 @@
+"""Named profiles: one module per family of real systems (``torchvision``)."""
