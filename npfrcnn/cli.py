@@ -536,7 +536,70 @@ def _detect(args: argparse.Namespace, log: _Log) -> int:
 # --- convert, info, random-model -------------------------------------------------------------
 
 
+def _parse_set(items: list[str] | None) -> dict[str, Any]:
+    """``--set key=value`` pairs; values are JSON (numbers, lists) or plain strings."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value, got {item!r} (e.g. --set min_size=640)")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def _convert_torchvision(args: argparse.Namespace, log: _Log) -> int:
+    from npfrcnn.config.profiles.torchvision import TORCHVISION_PROFILES
+    from npfrcnn.weights.convert_torchvision import torchvision_to_hdf5
+    from npfrcnn.weights.hdf5 import WeightsError
+    from npfrcnn.weights.torch_checkpoint import CheckpointError
+
+    if args.profile not in TORCHVISION_PROFILES:
+        log.error(
+            f"--profile {args.profile!r} is not a torchvision profile; choose one of "
+            f"{', '.join(TORCHVISION_PROFILES)}"
+        )
+        return 2
+    try:
+        changes = _parse_set(args.set)
+    except ValueError as e:
+        log.error(str(e))
+        return 2
+    try:
+        result = torchvision_to_hdf5(
+            args.checkpoint, args.out, args.profile, classes_json_path=args.classes,
+            bn_eps=args.bn_eps, changes=changes,
+        )
+    except (CheckpointError, WeightsError, ValueError, OSError, TypeError) as e:
+        log.error(f"cannot convert {args.checkpoint}: {e}")
+        return 2
+    cfg = result["config"]
+    for note in result["notes"][:5]:
+        log.info(f"key upgrade: {note}")
+    log.info(
+        f"wrote {args.out}: {cfg.name}, ResNet-{cfg.depth}, {cfg.num_classes} classes, "
+        f"{cfg.body_norm} (eps {cfg.bn_eps:g}); check it with `npfrcnn info {args.out}`"
+    )
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace, log: _Log) -> int:
+    if not Path(args.out).parent.is_dir():
+        log.error(f"{args.out}: folder {Path(args.out).parent} does not exist; create it first")
+        return 2
+    source = args.source
+    if source is None:
+        source = "torchvision" if args.profile or Path(args.checkpoint).is_file() else "tf"
+    if source == "torchvision":
+        if args.profile is None:
+            log.error("--from torchvision needs --profile (e.g. --profile torchvision-r50-fpn)")
+            return 2
+        return _convert_torchvision(args, log)
+    if args.classes is None:
+        log.error("converting a TF checkpoint needs --classes classes.json")
+        return 2
     try:
         from npfrcnn.weights.convert import checkpoint_to_hdf5
     except ImportError as e:
@@ -544,9 +607,6 @@ def cmd_convert(args: argparse.Namespace, log: _Log) -> int:
             f"converting needs TensorFlow to read the checkpoint ({e}); "
             "install it with `pip install tensorflow-cpu`"
         )
-        return 2
-    if not Path(args.out).parent.is_dir():
-        log.error(f"{args.out}: folder {Path(args.out).parent} does not exist; create it first")
         return 2
     try:
         provenance = checkpoint_to_hdf5(args.checkpoint, args.out, args.classes)
@@ -736,17 +796,33 @@ exit:    0 ok; 1 some input failed (the rest were processed); 2 set-up error; 13
 
     c = sub.add_parser(
         "convert",
-        help="convert a TensorFlow checkpoint (workshop naming) to npfrcnn HDF5",
-        description="Convert a TensorFlow checkpoint in the workshop's variable naming (e.g. "
-        "checkpoint/fasterrcnn from the workshop's checkpoint.tar.gz) to an npfrcnn HDF5 "
-        "weights file. Needs TensorFlow. The workshop profile is stored, with the depth, "
-        "widths and class count read from the checkpoint.",
+        help="convert a torchvision checkpoint or a TF checkpoint (workshop naming) to npfrcnn HDF5",
+        description="Convert a checkpoint to an npfrcnn HDF5 weights file. "
+        "--from torchvision: a torchvision Faster R-CNN state dict saved with torch.save (a bare "
+        "state dict, or a training checkpoint holding it under 'model'/'state_dict') or a "
+        ".safetensors file, read WITHOUT torch (a restricted unpickler that refuses anything but "
+        "tensors); the architecture and class count are read from the keys and shapes. "
+        "--from tf: a TensorFlow checkpoint in the workshop's variable naming (needs TensorFlow).",
     )
-    c.add_argument("checkpoint", metavar="CHECKPOINT_PREFIX",
-                   help="checkpoint prefix (the path without .index / .data-*)")
+    c.add_argument("checkpoint", metavar="CHECKPOINT",
+                   help="MODEL.pth / MODEL.safetensors, or a TF checkpoint prefix (without "
+                   ".index / .data-*)")
     c.add_argument("out", metavar="OUT.h5")
-    c.add_argument("--classes", required=True, metavar="classes.json",
-                   help="JSON list of class names (index = class id)")
+    c.add_argument("--from", dest="source", choices=("torchvision", "tf"), default=None,
+                   help="checkpoint kind (default: torchvision when --profile is given or "
+                   "CHECKPOINT is a file, else tf)")
+    c.add_argument("--profile", default=None,
+                   help="torchvision-r50-fpn, torchvision-r50-fpn-v2 or torchvision-r101-fpn")
+    c.add_argument("--classes", default=None, metavar="classes.json",
+                   help="JSON list of class names (index = class id; torchvision: the object "
+                   "classes, or all of them with the background first). Default for "
+                   "torchvision: COCO's 91-entry list for 91 classes, else class_1, ...")
+    c.add_argument("--bn-eps", type=float, default=None,
+                   help="FrozenBatchNorm2d epsilon, which a checkpoint cannot show (default "
+                   "0.0 for torchvision-r50-fpn, as torchvision's COCO_V1 model, else 1e-5)")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="set an inference knob of the profile, e.g. --set min_size=640 "
+                   "--set box_score_thresh=0.3 (repeatable; see npfrcnn.config.FPNConfig)")
     c.set_defaults(func=cmd_convert)
 
     i = sub.add_parser(

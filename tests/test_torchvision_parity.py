@@ -1,0 +1,234 @@
+"""Stage-by-stage parity of npfrcnn's torchvision profiles with torchvision itself.
+
+For each variant (``tests/tv_models.py``: v1 as pretrained (FrozenBN eps 0) and as built without
+weights (BatchNorm2d), v2, R101) a seeded random-weight torchvision model is saved with
+``torch.save``, converted by ``npfrcnn convert``'s converter (no torch involved) and run on
+synthetic images and a workshop photo. Every stage is compared with torch's own intermediate,
+and every stage is also fed torch's input for that stage, so an error shows where it starts.
+
+torch runs with 2 threads, so its bilinear resize takes the channels-first FMA path, the
+profile default ``resize_formula="fma_channels_first"``; this machine has AVX-512
+(``simd_lanes=16``).
+
+Tolerances (float32, eps = 2**-23):
+
+* bitwise: the resized and padded input, anchors, RoIAlign given torch's features and
+  proposals, the top-k / NMS / level / label indices, softmax scores given torch's logits;
+* convolutions and Linear layers (oneDNN/MKL vs OpenBLAS summation order): each layer's
+  float32 dot products of K terms err by about ``sqrt(K) * eps`` relative to the scale of the
+  terms; along a path of L layers these add up to at most ``L * sqrt(K_max) * eps`` relative
+  to the output's scale. We allow 4x that, against ``max|ref|`` of the stage
+  (:func:`conv_tol`);
+* decoded boxes: torch's ``exp`` is MKL VML (±1 ulp of correctly rounded in ~1 % of inputs);
+  npfrcnn rounds the float64 ``exp``. An edge ``cx ± 0.5 * w * exp(dw)`` then differs by about
+  one ulp of the half-width, plus the cancellation in ``cx - hw``: we allow ``8 ulp`` of the
+  largest coordinate (``box_tol``);
+* final detections end to end (through the convolutions): matched as sets by label and IoU;
+  scores within the head's tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torchvision")
+
+import tv_models  # noqa: E402
+
+from npfrcnn import FasterRCNN  # noqa: E402
+from npfrcnn.modeling.rpn import LevelOutput, MultiLevelRPNOutput  # noqa: E402
+from npfrcnn.weights.convert_torchvision import torchvision_to_hdf5  # noqa: E402
+
+EPS32 = float(np.finfo(np.float32).eps)
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "workshop-images"
+
+
+def conv_tol(ref: np.ndarray, layers: int, k_max: int) -> float:
+    """Absolute tolerance for a float32 conv/Linear chain (module docstring)."""
+    return 4.0 * layers * math.sqrt(k_max) * EPS32 * float(np.abs(ref).max())
+
+
+def box_tol(ref: np.ndarray) -> float:
+    return 8.0 * EPS32 * float(np.abs(ref).max() + 1.0)
+
+
+def path_layers(model: FasterRCNN) -> int:
+    """Convolution/Linear layers on the longest path to the box head's output (for conv_tol)."""
+    c = model.config
+    body = 1 + 3 * sum(c.units_per_block)
+    return body + 2 + c.rpn_conv_depth + len(c.box_head_convs) + 3
+
+
+def k_max(model: FasterRCNN) -> int:
+    c = model.config
+    return max(9 * max(c.bottleneck_widths), 9 * c.fpn_channels, 2048,
+               c.fpn_channels * 49, c.representation_size)
+
+
+def synthetic(h: int, w: int, seed: int) -> np.ndarray:
+    """A smooth random image with flat regions (ties) and edges, uint8 RGB."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.zeros((h, w, 3), np.float64)
+    for c in range(3):
+        fy, fx, ph = rng.uniform(0.01, 0.08, 3)
+        img[..., c] = 127 + 100 * np.sin(fy * yy + ph) * np.cos(fx * xx)
+    y0, x0 = h // 4, w // 3
+    img[y0 : y0 + h // 3, x0 : x0 + w // 4] = rng.integers(0, 255, 3)  # a flat box
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def images() -> list[tuple[str, np.ndarray]]:
+    out = [("synthetic-150x220", synthetic(150, 220, 1)), ("synthetic-333x181", synthetic(333, 181, 2))]
+    if SHARED.is_dir():
+        from npfrcnn.image import load
+
+        photo = sorted(SHARED.glob("*.jpg"))[0]
+        out.append((photo.name, load(photo)))
+    return out
+
+
+@pytest.fixture(scope="module", params=sorted(tv_models.VARIANTS))
+def pair(request, tmp_path_factory):
+    torch.set_num_threads(2)
+    variant = request.param
+    profile, _ = tv_models.VARIANTS[variant]
+    tv = tv_models.build(variant, small=True, seed=3)
+    folder = tmp_path_factory.mktemp(variant)
+    torch.save(tv.state_dict(), folder / "model.pth")
+    changes = {"min_size": tv.transform.min_size[-1], "max_size": tv.transform.max_size}
+    torchvision_to_hdf5(folder / "model.pth", folder / "model.h5", profile, changes=changes)
+    ours = FasterRCNN.from_hdf5(folder / "model.h5", backend="cpu")
+    return variant, tv, ours
+
+
+def assert_close(got, ref, atol, what):
+    got, ref = np.asarray(got), np.asarray(ref)
+    assert got.shape == ref.shape, f"{what}: shape {got.shape} != {ref.shape}"
+    assert got.dtype == ref.dtype, f"{what}: dtype {got.dtype} != {ref.dtype}"
+    err = float(np.abs(got.astype(np.float64) - ref).max()) if got.size else 0.0
+    assert err <= atol, f"{what}: max abs error {err:.3g} > {atol:.3g}"
+
+
+def torch_rpn_output(ref, ours: FasterRCNN) -> MultiLevelRPNOutput:
+    """torch's per-level head outputs in npfrcnn's layout ((y, x, a) rows)."""
+    levels = {}
+    for name, o, d in zip(ref["features"], ref["objectness"], ref["deltas"], strict=True):
+        _, a, h, w = o.shape
+        logits = o[0].permute(1, 2, 0).reshape(-1).numpy()
+        deltas = d[0].view(a, 4, h, w).permute(2, 3, 0, 1).reshape(-1, 4).numpy()
+        levels[name] = LevelOutput(np.ascontiguousarray(logits), np.ascontiguousarray(deltas),
+                                   (h, w))
+    return MultiLevelRPNOutput(levels, tuple(ref["input"].shape[-2:]))
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_stages(pair, index):
+    variant, tv, ours = pair
+    imgs = images()
+    if index >= len(imgs):
+        pytest.skip("the workshop photos (../shared) are not here")
+    name, image = imgs[index]
+    ref = tv_models.stages(tv, image)
+
+    # The oracle's manual chain is the real forward pass.
+    with torch.no_grad():
+        real = tv([tv_models.to_tensor(image)])[0]
+    for k in ("boxes", "scores", "labels"):
+        assert torch.equal(real[k], ref["detections"][k]), f"{name}: torch chain != forward ({k})"
+
+    # 1. transform: bitwise.
+    pre = ours.transform(image)
+    assert pre.image_size == ref["image_size"]
+    np.testing.assert_array_equal(pre.x, tv_models.nhwc(ref["input"]), err_msg=f"{name}: input")
+
+    # 2. backbone, fed torch's input; the FPN also fed torch's body outputs.
+    x = tv_models.nhwc(ref["input"])
+    layers, kmax = path_layers(ours), k_max(ours)
+    feats = ours.features(x)
+    body = ours.parts.backbone.last_body
+    for i, (b, rb) in enumerate(zip(body, ref["body"], strict=True)):
+        rb = tv_models.nhwc(rb)
+        assert_close(b, rb, conv_tol(rb, layers, kmax), f"{name}: body C{i + 2}")
+    fed = ours.parts.backbone.fpn([tv_models.nhwc(t) for t in ref["body"]])
+    for lv, rf in ref["features"].items():
+        rf = tv_models.nhwc(rf)
+        assert_close(feats[lv], rf, conv_tol(rf, layers, kmax), f"{name}: P{lv}")
+        assert_close(fed[lv], rf, conv_tol(rf, 4, kmax), f"{name}: P{lv} (fed)")
+
+    # 3. RPN head fed torch's features.
+    tfeats = {k: tv_models.nhwc(v) for k, v in ref["features"].items()}
+    rpn_out = ours.rpn(tfeats)
+    trpn = torch_rpn_output(ref, ours)
+    for lv in rpn_out.levels:
+        g, r = rpn_out.levels[lv], trpn.levels[lv]
+        assert_close(g.logits, r.logits, conv_tol(r.logits, 3, kmax), f"{name}: logits {lv}")
+        assert_close(g.deltas, r.deltas, conv_tol(r.deltas, 3, kmax), f"{name}: deltas {lv}")
+
+    # 4. anchors: bitwise.
+    anchors = ours.anchors(trpn, tuple(x.shape[1:3]))
+    np.testing.assert_array_equal(
+        np.concatenate(list(anchors.values())), ref["anchors"].numpy(), err_msg="anchors"
+    )
+
+    # 5. proposals fed torch's head outputs: indices identical, boxes to the exp stand-in.
+    props = ours.proposals(trpn, pre.image_size, anchors)
+    rdec = ref["decoded"].numpy()
+    assert_close(props.decoded, rdec, box_tol(rdec), f"{name}: decoded anchors")
+    rp = ref["proposals"].numpy()
+    assert props.boxes.shape == rp.shape, f"{name}: {props.boxes.shape} vs {rp.shape} proposals"
+    assert_close(props.boxes, rp, box_tol(rp), f"{name}: proposals")
+    np.testing.assert_array_equal(props.scores, ref["proposal_scores"].numpy())
+
+    # 6. RoIAlign fed torch's features and proposals: bitwise.
+    pooled = ours.pool_rois(tfeats, rp, pre.image_size)
+    np.testing.assert_array_equal(
+        pooled.features, tv_models.nhwc(ref["pooled"]), err_msg=f"{name}: pooled"
+    )
+
+    # 7. box head + predictor fed torch's pooled RoIs.
+    reg, logits = ours.head(tv_models.nhwc(ref["pooled"]))
+    rl, rr = ref["class_logits"].numpy(), ref["box_regression"].numpy()
+    assert_close(logits, rl, conv_tol(rl, 4, kmax), f"{name}: class logits")
+    assert_close(reg, rr, conv_tol(rr, 4, kmax), f"{name}: box regression")
+
+    # 8. post-processing fed torch's logits, regression and proposals.
+    post = ours.parts.postprocess(rp, rr, rl, pre.image_size)
+    np.testing.assert_array_equal(post.labels, ref["post_labels"].numpy(), err_msg="labels")
+    np.testing.assert_array_equal(post.scores, ref["post_scores"].numpy(), err_msg="scores")
+    rb = ref["post_boxes"].numpy()
+    assert_close(post.boxes, rb, box_tol(rb), f"{name}: post boxes")
+    dets = ours.detections(rp, rr, rl, pre.image_size, original_size=image.shape[:2])
+    np.testing.assert_array_equal(dets.labels + 1, ref["detections"]["labels"].numpy())
+    rfin = ref["detections"]["boxes"].numpy()
+    assert_close(dets.boxes, rfin, box_tol(rfin), f"{name}: final boxes")
+
+    # 9. end to end, through our own convolutions: the same detections as a set.
+    e2e = ours.detect(image)
+    match_sets(e2e, ref["detections"], conv_tol(rl, layers, kmax), name)
+
+
+def match_sets(dets, ref, score_tol, name):
+    """Every detection matched one to one by label and IoU >= 0.99, scores within tolerance."""
+    rb = ref["boxes"].numpy()
+    rl = ref["labels"].numpy() - 1
+    rs = ref["scores"].numpy()
+    assert len(dets) == len(rl), f"{name}: {len(dets)} detections vs torchvision's {len(rl)}"
+    used = np.zeros(len(rl), bool)
+    for b, lab, s in zip(dets.boxes, dets.labels, dets.scores, strict=True):
+        x1 = np.maximum(b[0], rb[:, 0])
+        y1 = np.maximum(b[1], rb[:, 1])
+        x2 = np.minimum(b[2], rb[:, 2])
+        y2 = np.minimum(b[3], rb[:, 3])
+        inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+        union = (b[2] - b[0]) * (b[3] - b[1]) + (rb[:, 2] - rb[:, 0]) * (rb[:, 3] - rb[:, 1])
+        iou = inter / np.maximum(union - inter, 1e-12)
+        cand = np.flatnonzero((~used) & (rl == lab) & (iou >= 0.99) & (np.abs(rs - s) <= score_tol))
+        assert cand.size, f"{name}: detection {b} label {lab} score {s} has no match"
+        used[cand[0]] = True
