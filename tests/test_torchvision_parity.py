@@ -50,11 +50,12 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "works
 
 def conv_tol(ref: np.ndarray, layers: int, k_max: int) -> float:
     """Absolute tolerance for a float32 conv/Linear chain (module docstring)."""
-    return 4.0 * layers * math.sqrt(k_max) * EPS32 * float(np.abs(ref).max())
+    scale = float(np.abs(ref).max()) if ref.size else 0.0
+    return 4.0 * layers * math.sqrt(k_max) * EPS32 * scale
 
 
 def box_tol(ref: np.ndarray) -> float:
-    return 8.0 * EPS32 * float(np.abs(ref).max() + 1.0)
+    return 8.0 * EPS32 * (float(np.abs(ref).max()) if ref.size else 0.0) + 8.0 * EPS32
 
 
 def path_layers(model: FasterRCNN) -> int:
@@ -135,6 +136,68 @@ def test_stages(pair, index):
     if index >= len(imgs):
         pytest.skip("the workshop photos (../shared) are not here")
     name, image = imgs[index]
+    check_stages(tv, ours, name, image)
+
+
+@pytest.mark.parametrize("thresh", [0.05, 0.3, 0.6, 0.9])
+def test_postprocess_knobs_and_both_nms_branches(pair, thresh):
+    """Post-processing fed torch's head outputs at several score thresholds and detection
+    limits: identical labels and scores, and both of batched_nms's branches are taken (more
+    than 1000 candidates: per-class NMS + unstable sort; otherwise the coordinate trick)."""
+    variant, tv, ours = pair
+    name, image = images()[0]
+    ref = tv_models.stages(tv, image)
+    rp, rr, rl = (ref[k].numpy() for k in ("proposals", "box_regression", "class_logits"))
+    old = (tv.roi_heads.score_thresh, tv.roi_heads.detections_per_img)
+    tv.roi_heads.score_thresh, tv.roi_heads.detections_per_img = thresh, 37
+    try:
+        with torch.no_grad():
+            b, s, lab = tv.roi_heads.postprocess_detections(
+                ref["class_logits"], ref["box_regression"], [ref["proposals"]],
+                [ref["image_size"]],
+            )
+    finally:
+        tv.roi_heads.score_thresh, tv.roi_heads.detections_per_img = old
+    pre = ours.transform(image)
+    post = ours.parts.postprocess(rp, rr, rl, pre.image_size, score_thresh=thresh,
+                                  detections_per_img=37)
+    np.testing.assert_array_equal(post.labels, lab[0].numpy())
+    np.testing.assert_array_equal(post.scores, s[0].numpy())
+    assert_close(post.boxes, b[0].numpy(), box_tol(b[0].numpy()), f"{name}: boxes at {thresh}")
+    BRANCHES_SEEN.add("vanilla" if len(post.candidates) > 1000 else "coordinate_trick")
+
+
+BRANCHES_SEEN: set[str] = set()
+
+
+def test_both_branches_were_taken():
+    if not BRANCHES_SEEN:
+        pytest.skip("run with the postprocess tests")
+    assert BRANCHES_SEEN == {"vanilla", "coordinate_trick"}, BRANCHES_SEEN
+
+
+@pytest.fixture(scope="module", params=["r50-frozen0", "v2", "r101"])
+def full_pair(request, tmp_path_factory):
+    torch.set_num_threads(2)
+    variant = request.param
+    tv = tv_models.build(variant, small=False, seed=7)
+    folder = tmp_path_factory.mktemp("full-" + variant)
+    torch.save(tv.state_dict(), folder / "model.pth")
+    torchvision_to_hdf5(folder / "model.pth", folder / "model.h5", tv_models.VARIANTS[variant][0])
+    return tv, FasterRCNN.from_hdf5(folder / "model.h5", backend="cpu")
+
+
+@pytest.mark.slow
+def test_full_size_stages(full_pair):
+    """The full-size models (91 classes, 800/1333) on a 480x640 image (resized to 800x1066)."""
+    tv, ours = full_pair
+    imgs = images()
+    name, image = imgs[2] if len(imgs) > 2 else ("synthetic-480x640", synthetic(480, 640, 9))
+    check_stages(tv, ours, name, image)
+
+
+def check_stages(tv, ours, name, image):
+    """Every stage against torch's, each also fed torch's input (module docstring)."""
     ref = tv_models.stages(tv, image)
 
     # The oracle's manual chain is the real forward pass.
