@@ -36,6 +36,8 @@ STAGES = ("preprocess", "features", "rpn", "proposals", "roi_pool", "head", "det
 
 _NO_WEIGHTS = """\
 --weights is required: the shipped demo weights (weights/demo.h5) are not installed. Either
+  * convert a torchvision checkpoint (torch.save(model.state_dict(), "model.pth"); no torch needed):
+      npfrcnn convert model.pth model.h5 --profile torchvision-r50-fpn
   * convert the workshop's TensorFlow checkpoint (needs tensorflow installed):
       npfrcnn convert checkpoint/fasterrcnn model.h5 --classes checkpoint/classes.json
       npfrcnn detect photo.jpg --weights model.h5
@@ -796,7 +798,7 @@ exit:    0 ok; 1 some input failed (the rest were processed); 2 set-up error; 13
 
     c = sub.add_parser(
         "convert",
-        help="convert a torchvision checkpoint or a TF checkpoint (workshop naming) to npfrcnn HDF5",
+        help="convert a torchvision checkpoint or a TF checkpoint (workshop naming) to HDF5",
         description="Convert a checkpoint to an npfrcnn HDF5 weights file. "
         "--from torchvision: a torchvision Faster R-CNN state dict saved with torch.save (a bare "
         "state dict, or a training checkpoint holding it under 'model'/'state_dict') or a "

@@ -132,7 +132,7 @@ class _FPNBackbone:
 
     def __call__(self, x: F32) -> dict[str, F32]:
         self.last_body = self.body(x)
-        return self.fpn(self.last_body)  # type: ignore[no-any-return]
+        return self.fpn(self.last_body)
 
 
 class FasterRCNN:
@@ -219,7 +219,7 @@ class FasterRCNN:
 
         C4: RGB minus the means at native size. FPN: torchvision's normalise, resize, pad.
         """
-        return self.parts.transform(image)  # type: ignore[no-any-return]
+        return self.parts.transform(image)
 
     def preprocess(self, image: npt.ArrayLike) -> F32:
         """uint8 ``[H, W, 3]`` RGB -> float32 ``[1, H', W', 3]`` network input (:meth:`transform`).
@@ -265,7 +265,9 @@ class FasterRCNN:
                 anchors = self.anchors(rpn_out.feature_shape)
         return self.parts.rpn.proposals(rpn_out, anchors, image_shape)
 
-    def pool_rois(self, features: Any, proposals: npt.ArrayLike, image_shape: tuple[int, int]) -> Any:
+    def pool_rois(
+        self, features: Any, proposals: npt.ArrayLike, image_shape: tuple[int, int]
+    ) -> Any:
         """Pooled RoIs: C4 float32 ``[P, 7, 7, C3]``; FPN :class:`PooledRoIs` (features, levels)."""
         return self.parts.pooler(features, proposals, image_shape)
 
@@ -278,7 +280,7 @@ class FasterRCNN:
             self.parts.box_head(feats[i : i + HEAD_CHUNK])
             for i in range(0, max(feats.shape[0], 1), HEAD_CHUNK)
         ]
-        return self.parts.predictor(np.concatenate(parts))  # type: ignore[no-any-return]
+        return self.parts.predictor(np.concatenate(parts))
 
     def detections(
         self,

@@ -241,7 +241,6 @@ print("NO-TORCH-OK")
 
 def test_convert_and_detect_without_torch(tmp_path, v1):
     from PIL import Image
-
     from test_torchvision_parity import synthetic
 
     src = _save(tmp_path, v1.state_dict())

@@ -86,7 +86,10 @@ def synthetic(h: int, w: int, seed: int) -> np.ndarray:
 
 
 def images() -> list[tuple[str, np.ndarray]]:
-    out = [("synthetic-150x220", synthetic(150, 220, 1)), ("synthetic-333x181", synthetic(333, 181, 2))]
+    out = [
+        ("synthetic-150x220", synthetic(150, 220, 1)),
+        ("synthetic-333x181", synthetic(333, 181, 2)),
+    ]
     if SHARED.is_dir():
         from npfrcnn.image import load
 

@@ -129,7 +129,9 @@ class FPNConfig:
     def _problems(self) -> list[str]:
         problems: list[str] = []
         if self.architecture != self.ARCHITECTURE:
-            problems.append(f"architecture must be {self.ARCHITECTURE!r}, got {self.architecture!r}")
+            problems.append(
+                f"architecture must be {self.ARCHITECTURE!r}, got {self.architecture!r}"
+            )
         for fname, allowed in _CHOICES.items():
             if getattr(self, fname) not in allowed:
                 problems.append(f"{fname} must be one of {allowed}, got {getattr(self, fname)!r}")

@@ -59,12 +59,12 @@ class Norm:
     """
 
     def __init__(self, kind: str, tensors: Mapping[str, np.ndarray], prefix: str, eps: float):
-        args = [tensors[prefix + k] for k in ("weight", "bias", "running_mean", "running_var")]
+        w, b, rm, rv = (
+            tensors[prefix + k] for k in ("weight", "bias", "running_mean", "running_var")
+        )
         self.kind = kind
-        if kind == "frozen_bn":
-            self.a, self.b = frozen_batch_norm_params(*args, eps=eps)
-        else:
-            self.a, self.b = torch_batch_norm_params(*args, eps=eps)
+        params = frozen_batch_norm_params if kind == "frozen_bn" else torch_batch_norm_params
+        self.a, self.b = params(w, b, rm, rv, eps)
 
     def __call__(self, x: F32) -> F32:
         if self.kind == "frozen_bn":
@@ -92,7 +92,7 @@ class BlockSpec:
 
 
 def body_block_specs(config: FPNConfig) -> list[list[BlockSpec]]:
-    """The bottlenecks of ``layer1..layer4``, as torchvision's ``ResNet._make_layer`` builds them."""
+    """``layer1..layer4``'s bottlenecks, as torchvision's ``ResNet._make_layer`` builds them."""
     layers: list[list[BlockSpec]] = []
     c_in = 64
     for i, (n, width, c_out) in enumerate(

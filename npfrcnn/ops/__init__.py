@@ -23,6 +23,8 @@ from npfrcnn.ops.nms import batched_nms, nms, soft_nms
 from npfrcnn.ops.roi_align import roi_align
 from npfrcnn.ops.roi_pool import roi_pool
 from npfrcnn.ops.topk import top_k
+from npfrcnn.ops.torch_sort import torch_sort_desc, torch_topk
+from npfrcnn.ops.tv_nms import torchvision_batched_nms, torchvision_nms
 
 __all__ = [
     "batch_norm",
@@ -42,5 +44,9 @@ __all__ = [
     "soft_nms",
     "softmax",
     "top_k",
+    "torch_sort_desc",
+    "torch_topk",
+    "torchvision_batched_nms",
+    "torchvision_nms",
     "torch_batch_norm",
 ]
