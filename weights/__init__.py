@@ -17,9 +17,12 @@ from npfrcnn.weights.hdf5 import (
     write,
 )
 from npfrcnn.weights.names import expected_shapes
+from npfrcnn.weights.torch_checkpoint import Checkpoint, CheckpointError, read_checkpoint
 from npfrcnn.weights.random import make_random_model, placeholder_classes, random_weights
 
 __all__ = [
+    "Checkpoint",
+    "CheckpointError",
     "FORMAT",
     "FORMAT_VERSION",
     "WeightsError",
@@ -32,6 +35,7 @@ __all__ = [
     "placeholder_classes",
     "random_weights",
     "read",
+    "read_checkpoint",
     "tensors_sha256",
     "write",
 ]
