@@ -45,24 +45,28 @@ VARIANTS = {
 SMALL = dict(min_size=160, max_size=256, fpn=32, rep=64, classes=5, wpg=16)
 
 
-def _randomise(model: nn.Module, seed: int) -> None:
+def _randomise(model: nn.Module, seed: int, small: bool) -> None:
+    """Seeded norm buffers and biases. The full-size nets get smaller BN gains so that 16 to 33
+    residual blocks do not grow the activations into saturated logits and degenerate boxes."""
     g = torch.Generator().manual_seed(seed)
+    gain = (0.5, 1.0) if small else (0.2, 0.3)
     with torch.no_grad():
         for mod in model.modules():
             if isinstance(mod, nn.BatchNorm2d | misc_nn_ops.FrozenBatchNorm2d):
                 c = mod.weight.shape[0]
-                mod.weight.copy_(0.5 + torch.rand(c, generator=g))
+                mod.weight.copy_(gain[0] + gain[1] * torch.rand(c, generator=g))
                 mod.bias.copy_(0.2 * torch.randn(c, generator=g))
                 mod.running_mean.copy_(0.2 * torch.randn(c, generator=g))
                 mod.running_var.copy_(0.5 + torch.rand(c, generator=g))
             elif isinstance(mod, nn.Conv2d | nn.Linear) and mod.bias is not None:
                 mod.bias.copy_(0.05 * torch.randn(mod.bias.shape, generator=g))
-        # Spread the RPN logits so that its top-k and NMS have something to choose from.
+        # Spread the RPN logits and class scores so that top-k, NMS and the score threshold
+        # have something to choose from.
         head = model.rpn.head
         head.cls_logits.weight.mul_(20.0)
         head.bbox_pred.weight.mul_(5.0)
         pred = model.roi_heads.box_predictor
-        pred.cls_score.weight.mul_(10.0)
+        pred.cls_score.weight.mul_(10.0 if small else 60.0)
         pred.bbox_pred.weight.mul_(5.0)
 
 
@@ -117,7 +121,7 @@ def _full(variant: str) -> FasterRCNN:
 def build(variant: str, small: bool = True, seed: int = 0) -> FasterRCNN:
     torch.manual_seed(seed)
     model = _small(variant, seed) if small else _full(variant)
-    _randomise(model, seed + 1)
+    _randomise(model, seed + 1, small)
     return model.eval()
 
 

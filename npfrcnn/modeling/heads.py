@@ -40,7 +40,7 @@ class TwoMLPHead:
         self.t = tensors
 
     def __call__(self, pooled: F32) -> F32:
-        x = pooled.reshape(pooled.shape[0], -1)
+        x = pooled.reshape(pooled.shape[0], int(np.prod(pooled.shape[1:])))
         x = _linear_relu(x, self.t, "roi_heads.box_head.fc6.")
         return _linear_relu(x, self.t, "roi_heads.box_head.fc7.")
 
@@ -66,7 +66,7 @@ class ConvFCHead:
             )
             x = self.norms[k](x)
             np.maximum(x, np.float32(0), out=x)
-        x = x.reshape(x.shape[0], -1)
+        x = x.reshape(x.shape[0], int(np.prod(x.shape[1:])))
         return _linear_relu(x, self.t, f"roi_heads.box_head.{self.n_convs + 1}.")
 
 
