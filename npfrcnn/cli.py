@@ -600,8 +600,11 @@ def cmd_convert(args: argparse.Namespace, log: _Log) -> int:
             return 2
         return _convert_torchvision(args, log)
     if args.classes is None:
-        log.error("converting a TF checkpoint needs --classes classes.json")
-        return 2
+        log.error(
+            "converting a TF checkpoint needs --classes classes.json (for a torchvision "
+            "checkpoint pass --profile)"
+        )
+        raise SystemExit(2)  # a usage error, as argparse gives
     try:
         from npfrcnn.weights.convert import checkpoint_to_hdf5
     except ImportError as e:
