@@ -17,8 +17,8 @@ from npfrcnn.weights.hdf5 import (
     write,
 )
 from npfrcnn.weights.names import expected_shapes
-from npfrcnn.weights.torch_checkpoint import Checkpoint, CheckpointError, read_checkpoint
 from npfrcnn.weights.random import make_random_model, placeholder_classes, random_weights
+from npfrcnn.weights.torch_checkpoint import Checkpoint, CheckpointError, read_checkpoint
 
 __all__ = [
     "Checkpoint",
