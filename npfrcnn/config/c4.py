@@ -21,10 +21,10 @@ are already here so that a profile is pure data.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
 from typing import Any
+
+from npfrcnn.config._base import ConfigBase
 
 __all__ = ["ModelConfig", "STANDARD_UNITS", "workshop"]
 
@@ -49,7 +49,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(ConfigBase):
     """Every setting of the network and of its pre/post-processing. Immutable; JSON round-trips.
 
     Attributes are grouped as DESIGN.md "Profiles" lists them. Defaults are the ``workshop``
@@ -190,44 +190,6 @@ class ModelConfig:
     @property
     def block4_channels(self) -> int:
         return 4 * self.base_depths[3]
-
-    def replace(self, **changes: Any) -> ModelConfig:
-        """A copy with ``changes`` applied (validated again)."""
-        return dataclasses.replace(self, **changes)
-
-    # JSON ---------------------------------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            out[f.name] = list(v) if isinstance(v, tuple) else v
-        return out
-
-    def to_json(self) -> str:
-        """The config as a JSON object (sorted keys); :meth:`from_json` inverts it."""
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown ModelConfig field(s) {unknown}; the file may come from a newer npfrcnn"
-            )
-        return cls(**d)
-
-    @classmethod
-    def from_json(cls, s: str) -> ModelConfig:
-        """Parse :meth:`to_json` output. Raises ``ValueError`` on bad JSON or unknown fields."""
-        try:
-            d = json.loads(s)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"ModelConfig JSON is not valid JSON: {e}") from None
-        if not isinstance(d, dict):
-            raise ValueError("ModelConfig JSON must be an object")
-        return cls.from_dict(d)
 
 
 def workshop(

@@ -32,11 +32,11 @@ torchvision label ``l`` is npfrcnn's label ``l - 1``.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
+
+from npfrcnn.config._base import ConfigBase
 
 __all__ = ["FPNConfig"]
 
@@ -56,7 +56,7 @@ _POSITIVE_INTS = (
 
 
 @dataclass(frozen=True)
-class FPNConfig:
+class FPNConfig(ConfigBase):
     """Every setting of a torchvision-style ResNet-FPN Faster R-CNN. Immutable; JSON round-trips.
 
     See the module docstring for what each group of fields means.
@@ -211,40 +211,3 @@ class FPNConfig:
     def num_anchors(self) -> int:
         """Anchors per feature-map cell and level (one size per level): ``len(aspect_ratios)``."""
         return len(self.aspect_ratios)
-
-    def replace(self, **changes: Any) -> FPNConfig:
-        """A copy with ``changes`` applied (validated again)."""
-        return dataclasses.replace(self, **changes)
-
-    # JSON ---------------------------------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            out[f.name] = list(v) if isinstance(v, tuple) else v
-        return out
-
-    def to_json(self) -> str:
-        """The config as a JSON object (sorted keys); :meth:`from_json` inverts it."""
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FPNConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown FPNConfig field(s) {unknown}; the file may come from a newer npfrcnn"
-            )
-        return cls(**d)
-
-    @classmethod
-    def from_json(cls, s: str) -> FPNConfig:
-        try:
-            d = json.loads(s)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"FPNConfig JSON is not valid JSON: {e}") from None
-        if not isinstance(d, dict):
-            raise ValueError("FPNConfig JSON must be an object")
-        return cls.from_dict(d)

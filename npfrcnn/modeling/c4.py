@@ -19,7 +19,7 @@ import numpy.typing as npt
 from npfrcnn import anchors as anchors_mod
 from npfrcnn import ops
 from npfrcnn.config.c4 import ModelConfig
-from npfrcnn.modeling.transform import Preprocessed
+from npfrcnn.modeling.transform import Preprocessed, check_image
 from npfrcnn.rcnn import final_detections, roi_pool
 from npfrcnn.resnet import feature_map_shape, run_base, run_tail
 from npfrcnn.rpn import Proposals, RPNOutput, generate_proposals, rpn_head
@@ -37,14 +37,7 @@ class WorkshopTransform:
         self.config = config
 
     def __call__(self, image: npt.ArrayLike) -> Preprocessed:
-        img = np.asarray(image)
-        if img.ndim != 3 or img.shape[2] != 3 or img.dtype.kind not in "uif":
-            raise ValueError(
-                f"image must be a uint8 [H, W, 3] RGB array, got {img.dtype} array of shape "
-                f"{img.shape}; load it with npfrcnn.image.load"
-            )
-        if img.shape[0] < 1 or img.shape[1] < 1:
-            raise ValueError(f"image must not be empty, got shape {img.shape}")
+        img = check_image(image)
         feature_map_shape(self.config, img.shape[0], img.shape[1])  # raises for tiny images
         x = img.astype(np.float32)
         if self.config.channel_order == "BGR":

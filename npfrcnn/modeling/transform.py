@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from npfrcnn.config.fpn import FPNConfig
 
-__all__ = ["TorchvisionTransform", "Preprocessed"]
+__all__ = ["TorchvisionTransform", "Preprocessed", "check_image"]
 
 F32 = npt.NDArray[np.float32]
 
@@ -40,6 +40,19 @@ class Preprocessed:
     x: F32
     image_size: tuple[int, int]
     original_size: tuple[int, int]
+
+
+def check_image(image: npt.ArrayLike) -> npt.NDArray[np.generic]:
+    """The image as an array, or a ``ValueError`` saying what a model input must be."""
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype.kind not in "uif":
+        raise ValueError(
+            f"image must be a uint8 [H, W, 3] RGB array, got {img.dtype} array of shape "
+            f"{img.shape}; load it with npfrcnn.image.load"
+        )
+    if img.shape[0] < 1 or img.shape[1] < 1:
+        raise ValueError(f"image must not be empty, got shape {img.shape}")
+    return img
 
 
 class TorchvisionTransform:
@@ -73,14 +86,7 @@ class TorchvisionTransform:
         return (x - mean) / std
 
     def __call__(self, image: npt.ArrayLike) -> Preprocessed:
-        img = np.asarray(image)
-        if img.ndim != 3 or img.shape[2] != 3 or img.dtype.kind not in "uif":
-            raise ValueError(
-                f"image must be a uint8 [H, W, 3] RGB array, got {img.dtype} array of shape "
-                f"{img.shape}; load it with npfrcnn.image.load"
-            )
-        if img.shape[0] < 1 or img.shape[1] < 1:
-            raise ValueError(f"image must not be empty, got shape {img.shape}")
+        img = check_image(image)
         from npfrcnn.ops.resize import resize_bilinear
 
         h0, w0 = int(img.shape[0]), int(img.shape[1])

@@ -232,6 +232,25 @@ def mean(x: npt.ArrayLike, axis: int | Sequence[int] = (1, 2)) -> F32:
     return np.asarray(np.mean(xa, axis=norm, dtype=np.float32), dtype=np.float32)
 
 
+
+def _bn_vectors(
+    weight: npt.ArrayLike,
+    bias: npt.ArrayLike,
+    running_mean: npt.ArrayLike,
+    running_var: npt.ArrayLike,
+    channels: int | None = None,
+) -> tuple[F32, F32, F32, F32]:
+    """The four per-channel vectors of a torch norm layer, float32 ``[C]`` (checked against
+    ``channels`` when given)."""
+    named = (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+             ("running_var", running_var))
+    if channels is None:
+        w, b, rm, rv = (_f32(n, v).reshape(-1) for n, v in named)
+    else:
+        w, b, rm, rv = (_channel_param(n, v, channels) for n, v in named)
+    return w, b, rm, rv
+
+
 def frozen_batch_norm_params(
     weight: npt.ArrayLike,
     bias: npt.ArrayLike,
@@ -240,13 +259,45 @@ def frozen_batch_norm_params(
     eps: float = 1e-5,
 ) -> tuple[F32, F32]:
     """``(scale, shift)`` of torchvision's ``FrozenBatchNorm2d`` (see :func:`frozen_batch_norm`)."""
-    w, b, rm, rv = (_f32(n, v).reshape(-1) for n, v in (
-        ("weight", weight), ("bias", bias), ("running_mean", running_mean),
-        ("running_var", running_var)))
+    w, b, rm, rv = _bn_vectors(weight, bias, running_mean, running_var)
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = w * (np.float32(1.0) / np.sqrt(rv + np.float32(eps)))
         shift = b - rm * scale
     return scale.astype(np.float32), shift.astype(np.float32)
+
+
+def torch_batch_norm_params(
+    weight: npt.ArrayLike,
+    bias: npt.ArrayLike,
+    running_mean: npt.ArrayLike,
+    running_var: npt.ArrayLike,
+    eps: float = 1e-5,
+) -> tuple[F32, F32]:
+    """``(alpha, beta)`` of ``nn.BatchNorm2d`` in eval (see :func:`torch_batch_norm`).
+
+    ``beta = fma(-running_mean, alpha, bias)`` with a single rounding (exact).
+    """
+    from npfrcnn.ops.torch_math import fma32
+
+    w, b, rm, rv = _bn_vectors(weight, bias, running_mean, running_var)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        alpha = (np.float32(1.0) / np.sqrt(rv + np.float32(eps))) * w
+        beta = np.asarray(fma32(-rm, alpha, b), dtype=np.float32)
+    return alpha.astype(np.float32), beta
+
+
+def apply_fma_affine(x: F32, alpha: F32, beta: F32) -> F32:
+    """``fma(x, alpha, beta)`` per element, channels last, rounded to float32.
+
+    Computed in float64 (the product of two float32 values is exact there) and rounded to
+    float32: equal to the fused result except when the float64 sum is inexact *and* lands
+    exactly on a float32 rounding midpoint (a double rounding), about one element in 2**29,
+    far below the convolutions' own summation-order error.
+    """
+    out = x.astype(np.float64)
+    out *= alpha.astype(np.float64)
+    out += beta.astype(np.float64)
+    return out.astype(np.float32)
 
 
 def frozen_batch_norm(
@@ -271,50 +322,11 @@ def frozen_batch_norm(
         eps: ``>= 0`` (0.0 for torchvision's COCO_V1 ``fasterrcnn_resnet50_fpn``).
     """
     xa = _f32("x", x)
-    c = xa.shape[-1] if xa.ndim else 0
-    for n, v in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
-                 ("running_var", running_var)):
-        _channel_param(n, v, c)
-    scale, shift = frozen_batch_norm_params(weight, bias, running_mean, running_var, eps)
+    vectors = _bn_vectors(weight, bias, running_mean, running_var, xa.shape[-1] if xa.ndim else 0)
+    scale, shift = frozen_batch_norm_params(*vectors, eps=eps)
     out = xa * scale
     out += shift
     return np.asarray(out, dtype=np.float32)
-
-
-def torch_batch_norm_params(
-    weight: npt.ArrayLike,
-    bias: npt.ArrayLike,
-    running_mean: npt.ArrayLike,
-    running_var: npt.ArrayLike,
-    eps: float = 1e-5,
-) -> tuple[F32, F32]:
-    """``(alpha, beta)`` of ``nn.BatchNorm2d`` in eval (see :func:`torch_batch_norm`).
-
-    ``beta = fma(-running_mean, alpha, bias)`` with a single rounding (exact).
-    """
-    from npfrcnn.ops.torch_math import fma32
-
-    w, b, rm, rv = (_f32(n, v).reshape(-1) for n, v in (
-        ("weight", weight), ("bias", bias), ("running_mean", running_mean),
-        ("running_var", running_var)))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        alpha = (np.float32(1.0) / np.sqrt(rv + np.float32(eps))) * w
-        beta = np.asarray(fma32(-rm, alpha, b), dtype=np.float32)
-    return alpha.astype(np.float32), beta
-
-
-def apply_fma_affine(x: F32, alpha: F32, beta: F32) -> F32:
-    """``fma(x, alpha, beta)`` per element, channels last, rounded to float32.
-
-    Computed in float64 (the product of two float32 values is exact there) and rounded to
-    float32: equal to the fused result except when the float64 sum is inexact *and* lands
-    exactly on a float32 rounding midpoint (a double rounding), about one element in 2**29,
-    far below the convolutions' own summation-order error.
-    """
-    out = x.astype(np.float64)
-    out *= alpha.astype(np.float64)
-    out += beta.astype(np.float64)
-    return out.astype(np.float32)
 
 
 def torch_batch_norm(
@@ -335,9 +347,6 @@ def torch_batch_norm(
     (:func:`apply_fma_affine` says how the per-element fma is rounded.)
     """
     xa = _f32("x", x)
-    c = xa.shape[-1] if xa.ndim else 0
-    for n, v in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
-                 ("running_var", running_var)):
-        _channel_param(n, v, c)
-    alpha, beta = torch_batch_norm_params(weight, bias, running_mean, running_var, eps)
+    vectors = _bn_vectors(weight, bias, running_mean, running_var, xa.shape[-1] if xa.ndim else 0)
+    alpha, beta = torch_batch_norm_params(*vectors, eps=eps)
     return apply_fma_affine(xa, alpha, beta)
