@@ -154,7 +154,14 @@ def evaluate_model(
     # Dataset class id -> model class id, by name (readers may order classes differently).
     to_model = np.asarray([wf.classes.index(c) for c in dataset.classes], dtype=np.int64)
     if use_tf:
+        from npfrcnn.config import FPNConfig
         from npfrcnn.weights.tf_reference import TFReference
+
+        if isinstance(wf.config, FPNConfig):
+            raise ValueError(
+                f"{weights} holds a {wf.config.name} model; the TensorFlow reference (--tf) runs "
+                "the C4 (workshop) models only: evaluate it without --tf"
+            )
 
         ref = TFReference(wf.config, wf.tensors)
 

@@ -271,3 +271,31 @@ def test_old_format_weights_still_load():
     wf = read(demo)
     assert wf.format_version == 1  # written before format 2; still read
     FasterRCNN(wf.config, wf.classes, wf.tensors)
+
+
+def test_cli_detect_info_eval_with_a_torchvision_profile(tmp_path, capsys):
+    """detect, info and eval work unchanged on a converted torchvision model."""
+    assert main(["synth", "--out", str(tmp_path / "data"), "--n", "3", "--seed", "1"]) == 0
+    ann = json.loads((tmp_path / "data" / "annotations.json").read_text())
+    names = [c["name"] for c in sorted(ann["categories"], key=lambda c: c["id"])]
+    tv = tv_models.build("r50-frozen0", small=True, seed=2)
+    with torch.no_grad():
+        tv.roi_heads.box_predictor.cls_score = torch.nn.Linear(64, len(names) + 1)
+        tv.roi_heads.box_predictor.bbox_pred = torch.nn.Linear(64, 4 * (len(names) + 1))
+    src = _save(tmp_path, tv.state_dict())
+    (tmp_path / "classes.json").write_text(json.dumps(names))
+    out = tmp_path / "m.h5"
+    assert main(["convert", str(src), str(out), "--profile", "torchvision-r50-fpn",
+                 "--classes", str(tmp_path / "classes.json"), "--set", "min_size=160",
+                 "--set", "max_size=256"]) == 0
+    assert main(["info", str(out)]) == 0
+    assert "torchvision-r50-fpn" in capsys.readouterr().out
+    img = next((tmp_path / "data").rglob("*.jpg"))
+    assert main(["detect", str(img), "--weights", str(out), "--output",
+                 str(tmp_path / "d.jsonl"), "-q"]) == 0
+    rec = json.loads((tmp_path / "d.jsonl").read_text().splitlines()[0])
+    assert all(d["label"] in names for d in rec["detections"])
+    assert main(["eval", "--weights", str(out), "--data", str(tmp_path / "data"), "--format",
+                 "coco", "--json", str(tmp_path / "metrics.json")]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["images"] == 3 and "coco" in metrics
