@@ -173,10 +173,70 @@ def test_postprocess_knobs_and_both_nms_branches(pair, thresh):
 BRANCHES_SEEN: set[str] = set()
 
 
+def test_extreme_aspect_ratio_level_scales(pair):
+    """A 40x900 image is resized to 11x256 and padded to 32x256, so Hp / h > 2 * sqrt(2) and
+    MultiScaleRoIAlign infers the scales (1, 1/2, 1/4, 1/8) instead of (1/4 .. 1/32) (spec 7.1).
+    torchvision caches the scales of a model's first image; the cache is cleared here so that
+    torchvision infers them for this image, as npfrcnn does for every image."""
+    variant, tv, ours = pair
+    image = synthetic(40, 900, 5)
+    pool = tv.roi_heads.box_roi_pool
+    pool.scales, pool.map_levels = None, None
+    try:
+        check_stages(tv, ours, "synthetic-40x900", image)
+        assert tuple(pool.scales) == (1.0, 0.5, 0.25, 0.125)
+    finally:
+        pool.scales, pool.map_levels = None, None
+    pre = ours.transform(image)
+    assert pre.image_size == (11, 256)
+
+
+@pytest.mark.parametrize("pre_n, post_n, nms_thresh, min_size", [
+    (300, 150, 0.6, 1e-3), (50, 1000, 0.8, 4.0), (2000, 2000, 0.7, 0.0),
+])
+def test_rpn_knobs(pair, pre_n, post_n, nms_thresh, min_size):
+    """The RPN's inference knobs as config values, against torchvision with the same values."""
+    variant, tv, ours = pair
+    name, image = images()[0]
+    rpn = tv.rpn
+    old = (rpn._pre_nms_top_n, rpn._post_nms_top_n, rpn.nms_thresh, rpn.min_size)
+    rpn._pre_nms_top_n = {"training": pre_n, "testing": pre_n}
+    rpn._post_nms_top_n = {"training": post_n, "testing": post_n}
+    rpn.nms_thresh, rpn.min_size = nms_thresh, min_size
+    try:
+        ref = tv_models.stages(tv, image)
+    finally:
+        rpn._pre_nms_top_n, rpn._post_nms_top_n, rpn.nms_thresh, rpn.min_size = old
+    cfg = ours.config.replace(
+        rpn_pre_nms_top_n=pre_n, rpn_post_nms_top_n=post_n, rpn_nms_thresh=nms_thresh,
+        rpn_min_size=min_size,
+    )
+    knobbed = FasterRCNN(cfg, ours.classes, ours.tensors)
+    pre = knobbed.transform(image)
+    trpn = torch_rpn_output(ref, knobbed)
+    props = knobbed.proposals(trpn, pre.image_size, knobbed.anchors(trpn, pre.x.shape[1:3]))
+    rp = ref["proposals"].numpy()
+    assert props.boxes.shape == rp.shape
+    assert_close(props.boxes, rp, box_tol(rp), f"{name}: proposals")
+    np.testing.assert_array_equal(props.scores, ref["proposal_scores"].numpy())
+
+
 def test_both_branches_were_taken():
     if not BRANCHES_SEEN:
         pytest.skip("run with the postprocess tests")
     assert BRANCHES_SEEN == {"vanilla", "coordinate_trick"}, BRANCHES_SEEN
+
+
+@pytest.mark.slow
+def test_every_workshop_photo(pair):
+    """The reduced models on all six workshop photos (CI runs the first one)."""
+    if not SHARED.is_dir():
+        pytest.skip("the workshop photos (../shared) are not here")
+    from npfrcnn.image import load
+
+    variant, tv, ours = pair
+    for photo in sorted(p for p in SHARED.iterdir() if p.suffix in (".jpg", ".png")):
+        check_stages(tv, ours, photo.name, load(photo))
 
 
 @pytest.fixture(scope="module", params=["r50-frozen0", "v2", "r101"])
