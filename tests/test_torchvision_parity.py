@@ -6,9 +6,9 @@ weights (BatchNorm2d), v2, R101) a seeded random-weight torchvision model is sav
 synthetic images and a workshop photo. Every stage is compared with torch's own intermediate,
 and every stage is also fed torch's input for that stage, so an error shows where it starts.
 
-torch runs with 2 threads, so its bilinear resize takes the channels-first FMA path, the
-profile default ``resize_formula="fma_channels_first"``; this machine has AVX-512
-(``simd_lanes=16``).
+torch runs with 2 threads on this AVX-512 machine, the profile defaults ``torch_threads=2``,
+``torch_cpu_capability="avx512"``. (A Numba parallel kernel resets the OpenMP thread count
+that torch reports, so ``tv_models.stages`` sets torch's threads before it runs.)
 
 Tolerances (float32, eps = 2**-23):
 
@@ -225,6 +225,26 @@ def test_both_branches_were_taken():
     if not BRANCHES_SEEN:
         pytest.skip("run with the postprocess tests")
     assert BRANCHES_SEEN == {"vanilla", "coordinate_trick"}, BRANCHES_SEEN
+
+
+@pytest.mark.parametrize("min_size, max_size", [(40, 60), (64, 64), (64, 100)])
+def test_transform_small_outputs(pair, min_size, max_size):
+    """At ``out_h + out_w <= 128`` torch's resize switches to its channels-last kernel even
+    with several threads; npfrcnn follows torch's dispatch (bitwise, also just above it)."""
+    variant, tv, ours = pair
+    image = synthetic(97, 131, 4)
+    old = (tv.transform.min_size, tv.transform.max_size)
+    tv.transform.min_size, tv.transform.max_size = (min_size,), max_size
+    try:
+        torch.set_num_threads(2)
+        with torch.no_grad():
+            images, _ = tv.transform([tv_models.to_tensor(image)])
+    finally:
+        tv.transform.min_size, tv.transform.max_size = old
+    cfg = ours.config.replace(min_size=min_size, max_size=max_size)
+    pre = FasterRCNN(cfg, ours.classes, ours.tensors).transform(image)
+    assert pre.image_size == tuple(images.image_sizes[0])
+    np.testing.assert_array_equal(pre.x, tv_models.nhwc(images.tensors))
 
 
 @pytest.mark.slow

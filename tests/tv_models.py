@@ -133,6 +133,7 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 @torch.no_grad()
 def stages(model: FasterRCNN, image: np.ndarray) -> dict[str, Any]:
     """torch's own intermediates for one image, by calling the model's parts in its order."""
+    torch.set_num_threads(2)
     img = to_tensor(image)
     images, _ = model.transform([img])
     body = model.backbone.body(images.tensors)

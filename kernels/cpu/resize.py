@@ -98,4 +98,3 @@ def resize_nearest(x, ih, iw, out):  # pragma: no cover - compiled
         for ow in range(out_w):
             out[n, oh, ow, :] = row[iw[ow]]
     return out
-

@@ -4,11 +4,13 @@ Defaults are ``torchvision.models.detection.fasterrcnn_resnet50_fpn`` (v1) with 
 own defaults (torchvision-spec section 1.1). Field groups follow the parts that read them:
 
 * transform (``npfrcnn.modeling.transform.TorchvisionTransform``): ``min_size``, ``max_size``,
-  ``image_mean``, ``image_std``, ``size_divisible``; ``resize_formula`` and ``simd_lanes`` say
-  which of torch's CPU code paths to reproduce (spec 2.2, 10.2, 10.4): the bilinear resize
-  differs between ``torch.get_num_threads() > 1`` (``"fma_channels_first"``, the default), one
-  thread (``"fma_channels_last"``) and ``ATEN_CPU_CAPABILITY=default`` (``"plain"``); sigmoid's
-  tail and softmax's lane sum use 16 lanes on AVX-512 and 8 on AVX2;
+  ``image_mean``, ``image_std``, ``size_divisible``; ``torch_threads`` and
+  ``torch_cpu_capability`` name the torch run to reproduce (``torch.get_num_threads()``,
+  ``torch.backends.cpu.get_cpu_capability()``), because torch's CPU code paths depend on them
+  (spec 2.2, 10.2, 10.4): the bilinear resize takes a channels-first FMA kernel with more than
+  one thread and a channels-last one with one thread or when ``out_h + out_w <= 128``
+  (:func:`npfrcnn.ops.torch_bilinear_formula`); sigmoid's tail and softmax's lane sum use 16
+  lanes on AVX-512 and 8 on AVX2; sigmoid splits inputs above 32,768 values between threads;
 * body (``modeling.backbone.ResNetBody``): ``units_per_block``, ``width_per_group`` (bottleneck
   width ``planes * width_per_group / 64``), ``body_norm`` (``"frozen_bn"``:
   ``FrozenBatchNorm2d``; ``"batch_norm"``: ``nn.BatchNorm2d`` in eval) and ``bn_eps`` (0.0 for
@@ -41,15 +43,15 @@ from npfrcnn.config._base import ConfigBase
 __all__ = ["FPNConfig"]
 
 _CHOICES: dict[str, tuple[Any, ...]] = {
-    "resize_formula": ("fma_channels_first", "fma_channels_last", "plain"),
-    "simd_lanes": (16, 8),
+    "torch_cpu_capability": ("avx512", "avx2"),
     "body_norm": ("frozen_bn", "batch_norm"),
     "fpn_norm": ("none", "batch_norm"),
     "box_head": ("two_mlp", "conv_fc"),
 }
 
 _POSITIVE_INTS = (
-    "num_classes", "min_size", "max_size", "size_divisible", "width_per_group", "fpn_channels",
+    "num_classes", "torch_threads", "min_size", "max_size", "size_divisible", "width_per_group",
+    "fpn_channels",
     "rpn_conv_depth", "rpn_pre_nms_top_n", "rpn_post_nms_top_n", "roi_output_size",
     "sampling_ratio", "canonical_scale", "representation_size", "box_detections_per_img",
 )
@@ -74,8 +76,8 @@ class FPNConfig(ConfigBase):
     image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     size_divisible: int = 32
-    resize_formula: str = "fma_channels_first"
-    simd_lanes: int = 16
+    torch_threads: int = 2
+    torch_cpu_capability: str = "avx512"
 
     # ResNet body.
     units_per_block: tuple[int, int, int, int] = (3, 4, 6, 3)
@@ -206,6 +208,11 @@ class FPNConfig(ConfigBase):
         """Width of each layer's 3x3 conv: ``int(planes * width_per_group / 64)``."""
         w = [int(p * (self.width_per_group / 64.0)) for p in (64, 128, 256, 512)]
         return (w[0], w[1], w[2], w[3])
+
+    @property
+    def simd_lanes(self) -> int:
+        """float32 lanes of torch's vectorised CPU kernels: 16 on AVX-512, 8 on AVX2."""
+        return 16 if self.torch_cpu_capability == "avx512" else 8
 
     @property
     def num_anchors(self) -> int:

@@ -240,7 +240,7 @@ class MultiLevelRPN:
         top = np.concatenate(tops)
         levels = np.concatenate(lvls)
         logits = np.concatenate([lv.logits for lv in rpn_out.levels.values()])[top]
-        probs = torch_sigmoid(logits, lanes=cfg.simd_lanes)
+        probs = torch_sigmoid(logits, lanes=cfg.simd_lanes, num_threads=cfg.torch_threads)
         boxes = clip_to_image(decoded[top], image_size)
         keep = remove_small_boxes(boxes, cfg.rpn_min_size)
         keep = keep[probs[keep] >= np.float32(cfg.rpn_score_thresh)]

@@ -9,7 +9,8 @@
     x = zero-pad bottom/right to multiples of size_divisible (zeros in normalised space)
 
 The bilinear resize reproduces torch's CPU ``interpolate`` bit for bit for the code path the
-config names (``resize_formula``; :func:`npfrcnn.ops.resize_bilinear`).
+torch run the config names (``torch_threads``, ``torch_cpu_capability``;
+:func:`npfrcnn.ops.torch_bilinear_formula`, :func:`npfrcnn.ops.resize_bilinear`).
 """
 
 from __future__ import annotations
@@ -87,13 +88,16 @@ class TorchvisionTransform:
 
     def __call__(self, image: npt.ArrayLike) -> Preprocessed:
         img = check_image(image)
-        from npfrcnn.ops.resize import resize_bilinear
+        from npfrcnn.ops.resize import resize_bilinear, torch_bilinear_formula
 
         h0, w0 = int(img.shape[0]), int(img.shape[1])
         x = self.normalize(img)
         oh, ow = self.resized_size(h0, w0)
         x = resize_bilinear(
-            x[None], oh, ow, formula=self.config.resize_formula, backend=self.backend
+            x[None], oh, ow, backend=self.backend,
+            formula=torch_bilinear_formula(
+                3, oh, ow, self.config.torch_threads, self.config.torch_cpu_capability
+            ),
         )
         hp, wp = self.padded_size(h0, w0)
         out = np.zeros((1, hp, wp, 3), dtype=np.float32)

@@ -47,7 +47,7 @@ and ``fma(x11, w11, fma(x10, w10, fma(x00, w00, x01 * w01)))``. With
 =======================  ========================================================
 
 The channels-last kernel runs its first ``C - C % 8`` channels through a vector loop of 8 float
-lanes (8 on AVX-512 too: torch 2.14.1 runs this kernel's AVX2 build there, as measured), whose
+lanes (8 on AVX-512 too, as measured with torch 2.14.1: the vector width of AVX2), whose
 association differs: ``v00 * w00 + (v01 * w01 + (v10 * w10 + v11 * w11))``, contracted in the
 FMA builds to ``fma(v00, w00, fma(v01, w01, fma(v11, w11, v10 * w10)))``. Both channels-last
 formulas include that, so they hold for any ``C``; RGB images (C = 3) only see the scalar loop.
@@ -295,10 +295,10 @@ def resize_bilinear(
             ``"plain_channels_last"`` with ``ATEN_CPU_CAPABILITY=default``.
         backend: ``"cpu"`` (Numba, parallel over output rows) or ``"numpy"`` (reference).
 
-    Edge rules (torch's): the weights of an axis with equal sizes are ``(1, 0)`` on the same
-    pixel, so that axis is copied, except that ``-0.0`` becomes ``+0.0`` and an infinite pixel
-    becomes NaN (``inf * 0``), as in torch. Non-finite pixels otherwise spread to their
-    neighbours' outputs as the arithmetic gives.
+    Edge rules (torch's): an axis with equal sizes has weights ``(1, 0)`` on the same pixel, so
+    it is copied (``x * 1 + x * 0``, which keeps ``-0.0``), except that an infinite pixel becomes
+    NaN (``inf * 0``), as in torch. Non-finite pixels otherwise spread to the outputs whose
+    taps they are, as the arithmetic gives.
 
     Returns:
         float32 ``[N, out_h, out_w, C]``; ``N == 0`` gives an empty array of that shape.
