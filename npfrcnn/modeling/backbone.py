@@ -67,10 +67,11 @@ class Norm:
         self.a, self.b = params(w, b, rm, rv, eps)
 
     def __call__(self, x: F32) -> F32:
+        """Normalise ``x`` **in place** (callers pass a fresh conv output) and return it."""
         if self.kind == "frozen_bn":
-            out = x * self.a
-            out += self.b
-            return out
+            x *= self.a
+            x += self.b
+            return x
         return apply_fma_affine(x, self.a, self.b)
 
 
