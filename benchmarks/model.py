@@ -27,6 +27,34 @@ Stages are those of ``FasterRCNN.detect(timings=...)``: preprocess, features (Re
 block3), rpn (RPN convs and softmax), proposals (anchors, decode, top-k, NMS), roi_pool
 (crop-and-resize and max-pool), head (block4 and the fully connected layers), detections
 (decoding, clipping, per-class NMS). For TF, anchor generation is counted in ``proposals``.
+
+torchvision profiles (``--profile torchvision-r50-fpn``, ``torchvision-r101-fpn``,
+``torchvision-r50-fpn-v2``): npfrcnn beside torchvision itself, eager on the CPU.
+
+* the weights: a seeded random-weight full-size torchvision model (``tests/tv_models.py``:
+  ``build(variant, small=False, seed)``, 91 classes, min/max size 800/1333), saved with
+  ``torch.save(model.state_dict())`` and converted by
+  ``npfrcnn.weights.convert_torchvision.torchvision_to_hdf5``; the ``torch`` child builds the
+  architecture and loads that state dict, the ``cpu`` (and ``numpy``) child loads the HDF5;
+* the image: synthetic (as above), 800 x 1333 by default, so torchvision's resize keeps the
+  size (scale 1.0; ``interpolate`` still runs, and so does npfrcnn's resize) and the input is
+  padded to 800 x 1344;
+* threads: 2 by default (``--threads``): ``torch.set_num_threads`` and OMP/MKL/OpenBLAS/Numba
+  thread variables in both children;
+* torch's stages are its own modules called in ``forward``'s order (as ``tests/tv_models.py``
+  ``stages`` does) under ``torch.no_grad()``: preprocess = ``model.transform``; features =
+  ``model.backbone`` (body + FPN); rpn = ``rpn.head``; proposals = anchors, decode,
+  ``filter_proposals``; roi_pool = ``box_roi_pool`` (MultiScaleRoIAlign); head = ``box_head`` +
+  ``box_predictor``; detections = ``postprocess_detections`` + ``transform.postprocess``.
+  After the timed runs it makes one plain ``model([image])`` call (reported apart) whose
+  detections are compared with npfrcnn's: count, labels, boxes (IoU) and scores;
+* peak RSS: ``VmHWM`` after loading the model, then reset (``/proc/self/clear_refs``) and read
+  again at the end: the peak while detecting; the whole process's peak is the larger.
+
+Usage (torchvision)::
+
+    python benchmarks/model.py --profile torchvision-r50-fpn --runs 3 --write
+    python benchmarks/model.py --profile torchvision-r101-fpn --runs 3 --write
 """
 
 from __future__ import annotations
@@ -46,7 +74,16 @@ from typing import Any
 import numpy as np
 
 STAGES = ("preprocess", "features", "rpn", "proposals", "roi_pool", "head", "detections")
-BACKENDS = ("numpy", "cpu", "tf")
+BACKENDS = ("numpy", "cpu", "tf", "torch")
+WORKSHOP = "workshop"
+#: torchvision profile -> tests/tv_models.py variant that builds its full-size model
+TV_VARIANTS = {
+    "torchvision-r50-fpn": "r50-frozen0",
+    "torchvision-r50-fpn-v2": "v2",
+    "torchvision-r101-fpn": "r101",
+}
+PROFILES = (WORKSHOP, *TV_VARIANTS)
+_REPO = Path(__file__).resolve().parents[1]
 _THREAD_VARS = (
     "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
 )
@@ -108,25 +145,141 @@ def _timed_runs(
     return out
 
 
-def _run_npfrcnn(backend: str, weights: str, image: np.ndarray, runs: int) -> dict[str, Any]:
+def _reset_peak_rss() -> int | None:
+    """``VmHWM`` so far (KiB), then reset it to the current RSS (Linux ``clear_refs`` 5)."""
+    before = _vm_kib("VmHWM")
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    return before
+
+
+def _save_dets(path: str | None, boxes: Any, labels: Any, scores: Any) -> None:
+    if path:
+        np.savez(path, boxes=np.asarray(boxes, np.float32), labels=np.asarray(labels, np.int64),
+                 scores=np.asarray(scores, np.float32))
+
+
+def _run_npfrcnn(backend: str, weights: str, image: np.ndarray, runs: int,
+                 dets_out: str | None = None) -> dict[str, Any]:
     t = time.perf_counter()
     from npfrcnn.model import FasterRCNN
 
     model = FasterRCNN.from_hdf5(weights, backend=backend)
     load_s = time.perf_counter() - t
     rss_loaded = _vm_kib("VmRSS")
+    # torchvision mode: the peak while loading, then the peak while detecting apart
+    load_peak = _reset_peak_rss() if dets_out else None
 
-    def once() -> tuple[dict[str, float], int]:
+    def once() -> tuple[dict[str, float], Any]:
         stages: dict[str, float] = {}
         t0 = time.perf_counter()
         dets = model.detect(image, timings=stages)
         stages["total"] = time.perf_counter() - t0
-        return stages, int(np.asarray(dets.scores).shape[0])
+        return stages, dets
 
-    first, n_det = once()
+    first, dets = once()
     timed = _timed_runs(once, first, runs)
+    out = {"load_s": load_s, "rss_loaded_kib": rss_loaded, "first": first, "runs": timed,
+           "detections": int(np.asarray(dets.scores).shape[0])}
+    if dets_out:
+        # npfrcnn's labels are 0-based without the background: torchvision's are labels + 1
+        _save_dets(dets_out, dets.boxes, np.asarray(dets.labels) + 1, dets.scores)
+        out["load_peak_rss_kib"] = load_peak
+    return out
+
+
+def _tv_models() -> Any:
+    tests = str(_REPO / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    import tv_models
+
+    return tv_models
+
+
+def _run_torch(variant: str, pth: str, image: np.ndarray, runs: int, threads: int | None,
+               seed: int, dets_out: str | None, small: bool = False) -> dict[str, Any]:
+    t = time.perf_counter()
+    import torch
+    import torchvision
+    from torchvision.models.detection.rpn import concat_box_prediction_layers
+
+    if threads:
+        torch.set_num_threads(threads)
+    tv_models = _tv_models()
+    # torchvision's usual way: build the architecture, then load the state dict into it
+    model = tv_models.build(variant, small=small, seed=seed)
+    state = torch.load(pth, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    del state
+    model.eval()
+    load_s = time.perf_counter() - t
+    rss_loaded = _vm_kib("VmRSS")
+    load_peak = _reset_peak_rss()
+    original_size = [tuple(image.shape[:2])]
+
+    @torch.no_grad()
+    def once() -> tuple[dict[str, float], Any]:
+        st: dict[str, float] = {}
+        t0 = time.perf_counter()
+        t = t0
+
+        def lap(name: str) -> None:
+            nonlocal t
+            t1 = time.perf_counter()
+            st[name] = t1 - t
+            t = t1
+
+        img = tv_models.to_tensor(image)
+        images, _ = model.transform([img])
+        lap("preprocess")
+        features = model.backbone(images.tensors)
+        lap("features")
+        feats = list(features.values())
+        objectness, deltas = model.rpn.head(feats)
+        lap("rpn")
+        anchors = model.rpn.anchor_generator(images, feats)
+        num_per_level = [int(o[0].numel()) for o in objectness]
+        obj_flat, deltas_flat = concat_box_prediction_layers(objectness, deltas)
+        decoded = model.rpn.box_coder.decode(deltas_flat.detach(), anchors).view(1, -1, 4)
+        boxes, _scores = model.rpn.filter_proposals(
+            decoded, obj_flat, images.image_sizes, num_per_level
+        )
+        lap("proposals")
+        box_features = model.roi_heads.box_roi_pool(features, boxes, images.image_sizes)
+        lap("roi_pool")
+        head_out = model.roi_heads.box_head(box_features)
+        class_logits, box_regression = model.roi_heads.box_predictor(head_out)
+        lap("head")
+        b, s, lab = model.roi_heads.postprocess_detections(
+            class_logits, box_regression, boxes, images.image_sizes
+        )
+        dets = model.transform.postprocess(
+            [{"boxes": b[0], "scores": s[0], "labels": lab[0]}], images.image_sizes,
+            original_size,
+        )[0]
+        lap("detections")
+        st["total"] = t - t0
+        return st, dets
+
+    first, staged = once()
+    timed = _timed_runs(once, first, runs)
+    # one plain forward() call: the public API, and the detections compared with npfrcnn's
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        dets = model([tv_models.to_tensor(image)])[0]
+        forward_s = time.perf_counter() - t0
+    print(f"    forward(): {forward_s:.2f} s", file=sys.stderr, flush=True)
+    same = all(torch.equal(dets[k], staged[k]) for k in ("boxes", "labels", "scores"))
+    _save_dets(dets_out, dets["boxes"].numpy(), dets["labels"].numpy(), dets["scores"].numpy())
     return {"load_s": load_s, "rss_loaded_kib": rss_loaded, "first": first, "runs": timed,
-            "detections": n_det}
+            "detections": int(dets["scores"].shape[0]), "forward_s": forward_s,
+            "staged_equals_forward": same, "load_peak_rss_kib": load_peak,
+            "torch_threads": torch.get_num_threads(),
+            "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__}}
 
 
 def _run_tf(weights: str, image: np.ndarray, runs: int, threads: int | None) -> dict[str, Any]:
@@ -188,8 +341,11 @@ def child_main(args: argparse.Namespace) -> int:
     image = np.load(args.image_npy)
     if args.child == "tf":
         result = _run_tf(args.weights, image, args.runs, args.threads)
+    elif args.child == "torch":
+        result = _run_torch(TV_VARIANTS[args.profile], args.weights, image, args.runs,
+                            args.threads, args.seed, args.dets, args.small)
     else:
-        result = _run_npfrcnn(args.child, args.weights, image, args.runs)
+        result = _run_npfrcnn(args.child, args.weights, image, args.runs, args.dets)
     result["peak_rss_kib"] = _vm_kib("VmHWM")
     with open(args.result, "w") as f:
         json.dump(result, f)
@@ -210,7 +366,7 @@ def _child_env(threads: int | None) -> dict[str, str]:
 
 
 def run_child(backend: str, weights: str, image_npy: str, runs: int, threads: int | None,
-              folder: str) -> dict[str, Any]:
+              folder: str, extra: list[str] | None = None) -> dict[str, Any]:
     result = os.path.join(folder, f"{backend}.json")
     cmd = [
         sys.executable, os.path.abspath(__file__), "--child", backend, "--weights", weights,
@@ -218,6 +374,8 @@ def run_child(backend: str, weights: str, image_npy: str, runs: int, threads: in
     ]
     if threads:
         cmd += ["--threads", str(threads)]
+    cmd += extra or []
+    load_before = os.getloadavg()[0]
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, env=_child_env(threads))
     _, status, usage = os.wait4(proc.pid, 0)
@@ -229,6 +387,8 @@ def run_child(backend: str, weights: str, image_npy: str, runs: int, threads: in
         out: dict[str, Any] = json.load(f)
     out["ru_maxrss_kib"] = int(usage.ru_maxrss)  # KiB on Linux
     out["wall_s"] = wall
+    out["cpu_s"] = usage.ru_utime + usage.ru_stime
+    out["loadavg_1min"] = (load_before, os.getloadavg()[0])
     return out
 
 
@@ -279,6 +439,329 @@ def _mib(kib: int | None) -> str:
     return "n/a" if kib is None else f"{kib / 1024:.0f}"
 
 
+# --- torchvision profiles ----------------------------------------------------------------------
+
+_TV_NAMES = {"cpu": "npfrcnn cpu", "numpy": "npfrcnn numpy", "torch": "torchvision"}
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or not b or a != a or b != b:
+        return "n/a"
+    return f"{a / b:.2f}x"
+
+
+def _whole_peak(r: dict[str, Any]) -> int | None:
+    vals = [v for v in (r.get("load_peak_rss_kib"), r.get("peak_rss_kib")) if v is not None]
+    return max(vals) if vals else None
+
+
+def compare_detections(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str, Any]:
+    """npfrcnn's detections against torchvision's (labels in torchvision's 1-based ids).
+
+    Each of ours (in score order) is matched to the unused reference detection of the same
+    label with the largest IoU; it counts as matched when that IoU is at least 0.99.
+    """
+    la, lb = ours["labels"], ref["labels"]
+    out: dict[str, Any] = {
+        "count": (int(la.shape[0]), int(lb.shape[0])),
+        "labels_in_order": bool(la.shape == lb.shape and np.array_equal(la, lb)),
+        "labels_as_multiset": bool(np.array_equal(np.sort(la), np.sort(lb))),
+    }
+    used = np.zeros(lb.shape[0], bool)
+    ious, dscore = [], []
+    rb = ref["boxes"].astype(np.float64)
+    area_b = (rb[:, 2] - rb[:, 0]) * (rb[:, 3] - rb[:, 1])
+    for box, lab, score in zip(ours["boxes"].astype(np.float64), la, ours["scores"], strict=True):
+        x1 = np.maximum(box[0], rb[:, 0])
+        y1 = np.maximum(box[1], rb[:, 1])
+        x2 = np.minimum(box[2], rb[:, 2])
+        y2 = np.minimum(box[3], rb[:, 3])
+        inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+        union = (box[2] - box[0]) * (box[3] - box[1]) + area_b - inter
+        iou = np.where((~used) & (lb == lab), inter / np.maximum(union, 1e-12), -1.0)
+        if iou.size and iou.max() >= 0.99:
+            j = int(iou.argmax())
+            used[j] = True
+            ious.append(float(iou[j]))
+            dscore.append(abs(float(score) - float(ref["scores"][j])))
+    out["matched"] = len(ious)
+    out["min_iou"] = min(ious) if ious else None
+    out["max_score_diff"] = max(dscore) if dscore else None
+    out["agree"] = bool(
+        out["count"][0] == out["count"][1] and out["labels_as_multiset"]
+        and out["matched"] == out["count"][1]
+    )
+    return out
+
+
+def format_agreement(cmp: dict[str, Any], name: str) -> str:
+    n_ours, n_ref = cmp["count"]
+    yes = {True: "yes", False: "no"}
+    text = (
+        f"Detections, {name} vs torchvision `forward()`: "
+        f"{'AGREE' if cmp['agree'] else 'DISAGREE'}: count {n_ours} vs {n_ref}; labels "
+        f"identical in order: {yes[cmp['labels_in_order']]}; same labels as a multiset: "
+        f"{yes[cmp['labels_as_multiset']]}; matched one to one (same label, IoU >= 0.99): "
+        f"{cmp['matched']}/{n_ref}"
+    )
+    if cmp["matched"]:
+        text += (f"; smallest IoU of a match {cmp['min_iou']:.6f}, largest |score difference| "
+                 f"{cmp['max_score_diff']:.2g}")
+    return text + "."
+
+
+def format_tv_table(results: dict[str, dict[str, Any]], header: str) -> str:
+    ok = [b for b in results if "error" not in results[b]]
+    base = "torch" if "torch" in ok else None
+    ours = [b for b in ok if b != "torch"]
+    cols = [*ours, *(["torch"] if base else [])]
+    ratio_cols = ours if base else []
+    lines = [header, ""]
+    names = [_TV_NAMES.get(b, b) for b in cols]
+    ratio_names = [f"{_TV_NAMES[b]} / torchvision" for b in ratio_cols]
+    lines.append("| stage (s, median) | " + " | ".join(names + ratio_names) + " |")
+    lines.append("|---|" + "---:|" * (len(cols) + len(ratio_cols)))
+
+    def row(name: str, value: Any, fmt: Any, ratio: bool) -> None:
+        vals = {b: value(results[b]) for b in cols}
+        cells = [fmt(vals[b]) for b in cols]
+        if ratio and base is not None:
+            cells += [_ratio(vals[b], vals[base]) for b in ratio_cols]
+        else:
+            cells += [""] * len(ratio_cols)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+
+    def sec(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    for k in (*STAGES, "total"):
+        row(f"**{k}**" if k == "total" else k,
+            lambda r, k=k: _median(r["runs"], k), sec, True)
+    row("first run (warm-up) total, s", lambda r: r["first"]["total"], sec, True)
+    row("first - median (compile / set-up), s",
+        lambda r: r["first"]["total"] - _median(r["runs"], "total"), sec, False)
+    row("torchvision `forward()`, one call after the runs, s", lambda r: r.get("forward_s"),
+        sec, False)
+    row("load (imports, build, weights), s", lambda r: r["load_s"], sec, True)
+    row("RSS after load, MiB", lambda r: r.get("rss_loaded_kib"), _mib, True)
+    row("peak RSS while loading, MiB", lambda r: r.get("load_peak_rss_kib"), _mib, True)
+    row("peak RSS while detecting, MiB", lambda r: r.get("peak_rss_kib"), _mib, True)
+    row("**peak RSS, whole process**, MiB", _whole_peak, _mib, True)
+    row("growth while detecting (peak while detecting - RSS after load), MiB",
+        lambda r: (r["peak_rss_kib"] - r["rss_loaded_kib"])
+        if r.get("peak_rss_kib") and r.get("rss_loaded_kib") else None, _mib, True)
+    row("process CPU time (user + sys) / wall, s",
+        lambda r: (r["cpu_s"], r["wall_s"]), lambda v: f"{v[0]:.0f} / {v[1]:.0f}", False)
+    row("load average (1 min) before / after", lambda r: r["loadavg_1min"],
+        lambda v: f"{v[0]:.2f} / {v[1]:.2f}", False)
+    row("detections", lambda r: r["detections"], str, False)
+    for b, r in results.items():
+        if "error" in r:
+            lines.append(f"\n{_TV_NAMES.get(b, b)}: {r['error']}")
+    return "\n".join(lines)
+
+
+def tv_verdicts(results: dict[str, dict[str, Any]], backend: str = "cpu") -> list[str]:
+    """The issue's targets for ``backend`` against torchvision: time and peak RSS."""
+    if any(b not in results or "error" in results[b] for b in (backend, "torch")):
+        return [f"Targets: not assessed ({backend} or torch did not finish)."]
+    ours, ref = results[backend], results["torch"]
+    t_o, t_r = _median(ours["runs"], "total"), _median(ref["runs"], "total")
+    m_o, m_r = _whole_peak(ours), _whole_peak(ref)
+    d_o, d_r = ours.get("peak_rss_kib"), ref.get("peak_rss_kib")
+    name = _TV_NAMES[backend]
+    out = [
+        f"Target, end to end ({name} median total <= torchvision's): "
+        f"**{'met' if t_o <= t_r else 'NOT met'}**, {t_o:.3f} s vs {t_r:.3f} s "
+        f"({_ratio(t_o, t_r)})."
+    ]
+    if m_o is not None and m_r is not None:
+        out.append(
+            f"Target, peak RSS (whole process, {name} <= torchvision's): "
+            f"**{'met' if m_o <= m_r else 'NOT met'}**, {m_o / 1024:.0f} MiB vs "
+            f"{m_r / 1024:.0f} MiB ({_ratio(m_o, m_r)})"
+            + (f"; while detecting only: {d_o / 1024:.0f} vs {d_r / 1024:.0f} MiB "
+               f"({_ratio(d_o, d_r)})." if d_o and d_r else ".")
+        )
+    return out
+
+
+def _tv_machine(torch_versions: dict[str, str] | None) -> str:
+    import importlib.metadata as md
+
+    cpu, family, model = platform.processor() or platform.machine(), None, None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, val = line.partition(":")
+            key, val = key.strip(), val.strip()
+            if key == "model name" and cpu == (platform.processor() or platform.machine()):
+                cpu = val
+            elif key == "cpu family" and family is None:
+                family = val
+            elif key == "model" and model is None:
+                model = val
+    except OSError:
+        pass
+    if family and model:
+        cpu += f" (family {family}, model {model})"
+    versions = {}
+    for mod in ("numpy", "numba", "torch", "torchvision"):
+        try:
+            versions[mod] = md.version(mod)
+        except md.PackageNotFoundError:
+            versions[mod] = "not installed"
+    versions.update(torch_versions or {})
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        blas_s = f" ({blas['name']} {blas.get('version', '')})".rstrip()
+    except Exception:
+        blas_s = ""
+    return (
+        f"{cpu}, {os.cpu_count()} logical cores, Linux {platform.release()}, "
+        f"Python {platform.python_version()}, numpy {versions['numpy']}{blas_s}, "
+        f"numba {versions['numba']}, torch {versions['torch']}, "
+        f"torchvision {versions['torchvision']}"
+    )
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
+                          cwd=_REPO).stdout
+
+
+def _revision() -> str:
+    """``git rev-parse --short HEAD``, and the uncommitted changes the run included."""
+    try:
+        head = _git("rev-parse", "--short", "HEAD").strip()
+        status = _git("status", "--porcelain").splitlines()
+    except Exception:
+        return os.environ.get("NPFRCNN_REVISION", "unknown (no git)")
+    tracked = [ln[3:] for ln in status if not ln.startswith("??")]
+    untracked = [ln[3:] for ln in status if ln.startswith("??")]
+    if not tracked and not untracked:
+        return f"{head}, clean"
+
+    def some(files: list[str]) -> str:
+        return ", ".join(files[:12]) + (f", and {len(files) - 12} more" if len(files) > 12 else "")
+
+    parts = []
+    if tracked:
+        parts.append(f"{len(tracked)} modified tracked files ({some(tracked)})")
+    if untracked:
+        parts.append(f"{len(untracked)} untracked files ({some(untracked)})")
+    return f"{head} plus uncommitted changes: " + "; ".join(parts)
+
+
+def main_torchvision(args: argparse.Namespace, backends: list[str], argv: list[str] | None) -> int:
+    import torch
+
+    from npfrcnn.weights.convert_torchvision import torchvision_to_hdf5
+
+    profile, variant = args.profile, TV_VARIANTS[args.profile]
+    threads = args.threads
+    if threads:
+        torch.set_num_threads(threads)
+    tv_models = _tv_models()
+    load0 = os.getloadavg()
+    if load0[0] > 0.5:
+        print(f"warning: load average {load0[0]:.2f} before the run: other jobs are running",
+              file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="npfrcnn-bench-") as folder:
+        pth, h5 = os.path.join(folder, "model.pth"), os.path.join(folder, "model.h5")
+        t = time.perf_counter()
+        tv = tv_models.build(variant, small=args.small, seed=args.seed)
+        torch.save(tv.state_dict(), pth)
+        sizes = (tv.transform.min_size[-1], tv.transform.max_size)
+        del tv
+        build_s = time.perf_counter() - t
+        t = time.perf_counter()
+        changes = {"min_size": sizes[0], "max_size": sizes[1]} if args.small else None
+        conv = torchvision_to_hdf5(pth, h5, profile, changes=changes)
+        convert_s = time.perf_counter() - t
+        cfg = conv["config"]
+        if (cfg.min_size, cfg.max_size) != sizes:
+            print(f"converted min/max size {(cfg.min_size, cfg.max_size)} != torchvision's "
+                  f"{sizes}", file=sys.stderr)
+            return 1
+        if args.image:
+            image = photo_image(args.image, args.height, args.width)
+        else:
+            image = synthetic_image(args.height, args.width, args.seed)
+        image_npy = os.path.join(folder, "image.npy")
+        np.save(image_npy, image)
+        from npfrcnn.ops.resize import torchvision_resize_size
+
+        rh, rw = torchvision_resize_size(args.height, args.width, cfg.min_size, cfg.max_size)
+        d = cfg.size_divisible
+        ph, pw = -(-rh // d) * d, -(-rw // d) * d
+        same = (rh, rw) == (args.height, args.width)
+        header = (
+            f"{profile} (tests/tv_models.py variant `{variant}`, "
+            f"{'REDUCED size (small=True), a quick check only' if args.small else 'full size'}"
+            "), RANDOM weights "
+            f"(seed {args.seed}), {cfg.num_classes + 1} torchvision classes; `.pth` "
+            f"{os.path.getsize(pth) / 1e6:.0f} MB (built and saved in {build_s:.1f} s), "
+            f"HDF5 {os.path.getsize(h5) / 1e6:.0f} MB (converted in {convert_s:.1f} s). "
+            f"Image {args.height}x{args.width} "
+            f"({'photo ' + args.image if args.image else 'synthetic, seeded'}): resized to "
+            f"{rh}x{rw}" + (" (scale 1.0, the size is unchanged; both systems still run their "
+                            "bilinear resize)" if same else "")
+            + f", padded to {ph}x{pw}. {threads or 'default'} threads in both "
+            f"(torch.set_num_threads, OMP/MKL/OpenBLAS/Numba variables); warm-up + median of "
+            f"{args.runs} runs; each system in its own process; torchvision eager under "
+            f"torch.no_grad()."
+        )
+        results: dict[str, dict[str, Any]] = {}
+        for b in backends:
+            print(f"running {b} ...", file=sys.stderr, flush=True)
+            dets = os.path.join(folder, f"{b}-dets.npz")
+            extra = ["--profile", profile, "--seed", str(args.seed), "--dets", dets]
+            extra += ["--small"] if args.small else []
+            weights = pth if b == "torch" else h5
+            results[b] = run_child(b, weights, image_npy, args.runs, threads, folder, extra)
+            if "error" in results[b]:
+                print(f"  {b}: {results[b]['error']}", file=sys.stderr)
+                continue
+            with np.load(dets) as z:
+                results[b]["dets_arrays"] = {k: z[k] for k in z.files}
+            print(f"  {b}: median total {_median(results[b]['runs'], 'total'):.3f} s "
+                  f"(load average {results[b]['loadavg_1min'][0]:.2f} -> "
+                  f"{results[b]['loadavg_1min'][1]:.2f})", file=sys.stderr, flush=True)
+    notes = []
+    ref = results.get("torch", {})
+    if "error" not in ref and "dets_arrays" in ref:
+        if not ref.get("staged_equals_forward", True):
+            notes.append("WARNING: torchvision's staged chain gave other detections than its "
+                         "forward().")
+        for b in backends:
+            if b != "torch" and "dets_arrays" in results[b]:
+                cmp = compare_detections(results[b]["dets_arrays"], ref["dets_arrays"])
+                results[b]["agreement"] = cmp
+                notes.append(format_agreement(cmp, _TV_NAMES[b]))
+    for b in results:
+        results[b].pop("dets_arrays", None)
+    verdicts = tv_verdicts(results, "cpu" if "cpu" in results else backends[0])
+    table = format_tv_table(results, header)
+    text = table + "\n\n" + "\n\n".join(notes + verdicts)
+    print(text)
+    if args.write:
+        from _harness import replace_section
+
+        given = argv if argv is not None else sys.argv[1:]
+        command = "python benchmarks/model.py " + " ".join(given)
+        body = (
+            f"Machine: {_tv_machine(ref.get('versions'))}.\n"
+            f"Command: `{command}`.\nRevision: {_revision()}.\n\n{text}"
+        )
+        replace_section(Path(__file__).with_name("RESULTS.md"),
+                        f"Whole model (CPU): {profile} vs torchvision", body)
+        print("wrote benchmarks/RESULTS.md", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"header": header, "results": results}, f, indent=2)
+    return 1 if any("error" in r for r in results.values()) else 0
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--depth", type=int, default=101, choices=(50, 101, 152))
@@ -287,25 +770,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--base-width", type=int, default=None, metavar="W",
                    help="block1 bottleneck width (default 64, the real network)")
     p.add_argument("--num-classes", type=int, default=80)
-    p.add_argument("--height", type=int, default=600)
-    p.add_argument("--width", type=int, default=1000)
+    p.add_argument("--profile", default=WORKSHOP, choices=PROFILES,
+                   help="workshop (the default: the C4 model beside TF) or a torchvision "
+                        "profile (npfrcnn beside torchvision on the CPU)")
+    p.add_argument("--height", type=int, default=None,
+                   help="image height (default 600; torchvision profiles 800)")
+    p.add_argument("--width", type=int, default=None,
+                   help="image width (default 1000; torchvision profiles 1333)")
     p.add_argument("--image", default=None,
                    help="use this photo (resized) instead of a synthetic image")
     p.add_argument("--runs", type=int, default=3, help="timed runs after the warm-up (default 3)")
-    p.add_argument("--backends", default="numpy,cpu,tf",
-                   help="comma-separated subset of numpy,cpu,tf (default all three)")
+    p.add_argument("--backends", default=None,
+                   help="comma-separated subset of numpy,cpu,tf (default all three); for the "
+                        "torchvision profiles a subset of numpy,cpu,torch (default cpu,torch)")
     p.add_argument("--threads", type=int, default=None,
-                   help="limit BLAS/Numba/TF threads in each child (default: library defaults)")
+                   help="limit BLAS/Numba/TF/torch threads in each child (default: library "
+                        "defaults; torchvision profiles: 2)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--small", action="store_true",
+                   help="torchvision profiles: the reduced-size test models (tests/tv_models.py "
+                        "small=True, min/max size 160/256) for a quick check of this script")
     p.add_argument("--json", default=None, help="also write the raw results here")
     p.add_argument("--write", action="store_true",
-                   help="replace the 'Whole model (CPU)' section of benchmarks/RESULTS.md")
+                   help="replace the 'Whole model (CPU)' section of benchmarks/RESULTS.md (for "
+                        "a torchvision profile: 'Whole model (CPU): PROFILE vs torchvision')")
     # internal: one measurement in a child process
     p.add_argument("--child", choices=BACKENDS, help=argparse.SUPPRESS)
     p.add_argument("--weights", help=argparse.SUPPRESS)
     p.add_argument("--image-npy", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    p.add_argument("--dets", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    tv = args.profile != WORKSHOP
+    if args.height is None:
+        args.height = 800 if tv else 600
+    if args.width is None:
+        args.width = 1333 if tv else 1000
+    if args.backends is None:
+        args.backends = "cpu,torch" if tv else "numpy,cpu,tf"
+    if tv and args.threads is None and not args.child:
+        args.threads = 2
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,13 +818,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         return child_main(args)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    bad = [b for b in backends if b not in BACKENDS]
+    allowed = ("numpy", "cpu", "tf") if args.profile == WORKSHOP else ("numpy", "cpu", "torch")
+    bad = [b for b in backends if b not in allowed]
     if bad or not backends:
-        print(f"--backends: unknown {bad}; choose from {', '.join(BACKENDS)}", file=sys.stderr)
+        print(f"--backends: unknown {bad}; choose from {', '.join(allowed)}", file=sys.stderr)
         return 2
     if args.runs < 1:
         print("--runs must be at least 1", file=sys.stderr)
         return 2
+    if args.profile != WORKSHOP:
+        return main_torchvision(args, backends, argv)
 
     from npfrcnn.config import workshop
     from npfrcnn.weights.random import make_random_model
