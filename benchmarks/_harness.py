@@ -1,22 +1,21 @@
-"""Timing helpers shared by the benchmark scripts.
+"""Helpers shared by the benchmark scripts: a thin layer over :mod:`npfrcnn.bench`.
 
-Rules (DESIGN.md, DEVELOPERS.md): every figure is the median of several runs after a warm-up;
-the first call (which includes Numba compilation or TF graph tracing) is reported apart; the
-reference is measured in the same run and the table shows ratios to it.
+Timing, the machine description and the revision come from the package (``npfrcnn bench``
+uses the same code), so there is one harness. Rules (DESIGN.md): every figure is the median of
+several runs after a warm-up; the first call (Numba compilation, TF tracing) is reported apart;
+the reference is measured in the same run.
 """
 
 from __future__ import annotations
 
 import os
-import platform
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from npfrcnn.bench import timing as _timing
 
 
 @dataclass
@@ -26,6 +25,8 @@ class Timing:
 
     @property
     def median_s(self) -> float:
+        import statistics
+
         return statistics.median(self.runs_s)
 
     @property
@@ -37,64 +38,21 @@ class Timing:
 def time_call(
     fn: Callable[[], object], repeats: int = 5, warmup: int = 1
 ) -> tuple[Timing, object]:
-    """Time ``fn``: one first call, ``warmup - 1`` more untimed calls, then ``repeats`` runs.
-
-    Returns the timing and the first call's result (for the caller's correctness check, so the
-    check costs no extra call and the first call really is the first).
-    """
-    t0 = time.perf_counter()
-    first_result = fn()
-    first = time.perf_counter() - t0
-    for _ in range(max(warmup - 1, 0)):
-        fn()
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - t0)
-    return Timing(first, runs), first_result
+    """Time ``fn`` with :func:`npfrcnn.bench.timing.measure` (CPU): one first call,
+    ``warmup`` more untimed calls, then ``repeats`` runs. Returns the timing and the first
+    call's result (for the caller's correctness check)."""
+    t, first = _timing.measure(fn, repeats=repeats, warmup=max(warmup, 1), memory="none")
+    return Timing(t.first_ms / 1e3, [ms / 1e3 for ms in t.runs_ms]), first
 
 
 def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = []
-    for mod in ("numpy", "numba", "tensorflow"):
-        try:
-            m = __import__(mod)
-            versions.append(f"{mod} {m.__version__}")
-        except Exception:
-            pass
-    return (
-        f"{cpu}, {os.cpu_count()} logical cores, Linux {platform.release()}, "
-        f"Python {platform.python_version()}, " + ", ".join(versions)
-    )
+    v = _timing.versions()
+    libs = ", ".join(f"{k} {v[k]}" for k in ("numpy", "numba", "tensorflow", "torch") if k in v)
+    return f"{_timing.machine_line(_timing.machine())}, {libs}"
 
 
 def git_revision() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "")
-    except Exception:  # no git (e.g. a copy of the tree on a GPU machine): the caller may say
-        return os.environ.get("NPFRCNN_REVISION", "unknown")
+    return _timing.git_revision()
 
 
 def fmt_ms(seconds: float) -> str:

@@ -1,5 +1,6 @@
 """The ``npfrcnn`` command: ``detect``, ``convert``, ``info`` and ``random-model`` here;
-``synth``, ``train``, ``eval`` and ``demo`` in :mod:`npfrcnn.cli_train`.
+``synth``, ``train``, ``eval`` and ``demo`` in :mod:`npfrcnn.cli_train`; ``bench`` in
+:mod:`npfrcnn.bench.cli`.
 
 Exit status: 0 on success; 1 when some input image (or an unmatched input pattern) failed, after
 the others were processed, or when ``info`` finds problems; 2 for a usage or set-up error
@@ -866,6 +867,9 @@ exit:    0 ok; 1 some input failed (the rest were processed); 2 set-up error; 13
     from npfrcnn.cli_train import register
 
     register(sub)  # synth, train, eval, demo
+    from npfrcnn.bench.cli import register as register_bench
+
+    register_bench(sub)  # bench
     return parser
 
 
