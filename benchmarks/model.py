@@ -53,8 +53,14 @@ torchvision profiles (``--profile torchvision-r50-fpn``, ``torchvision-r101-fpn`
 
 Usage (torchvision)::
 
-    python benchmarks/model.py --profile torchvision-r50-fpn --runs 3 --write
-    python benchmarks/model.py --profile torchvision-r101-fpn --runs 3 --write
+    python benchmarks/model.py --profile torchvision-r50-fpn --runs 3 --rounds 4 --write
+    python benchmarks/model.py --profile torchvision-r101-fpn --runs 3 --rounds 4 --write
+    python benchmarks/model.py --profile torchvision-r50-fpn-v2 --small --runs 2   # quick check
+
+``--rounds N`` runs each system N times, each in a fresh process, alternating which goes first,
+and pools the timed runs: torch's speed differs by 10-15 % from one process to the next on a
+small VM. Each child's row "other processes' CPU time" (from ``/proc/stat``) says whether
+anything else ran meanwhile; above 3 % of the cores the output warns that it is unreliable.
 """
 
 from __future__ import annotations
@@ -376,6 +382,7 @@ def run_child(backend: str, weights: str, image_npy: str, runs: int, threads: in
         cmd += ["--threads", str(threads)]
     cmd += extra or []
     load_before = os.getloadavg()[0]
+    stat_before = _proc_stat()
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, env=_child_env(threads))
     _, status, usage = os.wait4(proc.pid, 0)
@@ -389,7 +396,25 @@ def run_child(backend: str, weights: str, image_npy: str, runs: int, threads: in
     out["wall_s"] = wall
     out["cpu_s"] = usage.ru_utime + usage.ru_stime
     out["loadavg_1min"] = (load_before, os.getloadavg()[0])
+    stat_after = _proc_stat()
+    if stat_before and stat_after:
+        busy = stat_after[0] - stat_before[0]
+        # every process's CPU time minus this child's: what else ran meanwhile
+        out["others_cpu_s"] = max(busy - out["cpu_s"], 0.0)
+        out["steal_s"] = stat_after[1] - stat_before[1]
     return out
+
+
+def _proc_stat() -> tuple[float, float] | None:
+    """Seconds of (non-idle CPU time, steal time) of the whole machine so far (Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq) / hz, steal / hz
 
 
 def _median(runs: list[dict[str, float]], key: str) -> float:
@@ -510,6 +535,36 @@ def format_agreement(cmp: dict[str, Any], name: str) -> str:
     return text + "."
 
 
+def _merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One system's rounds (one child process each) as one result: the timed runs of every
+    round pooled; the first round's warm-up; the largest RSS figures; CPU times summed."""
+    bad = [r for r in rounds if "error" in r]
+    if bad:
+        return bad[0]
+    out = dict(rounds[0])
+    out["runs"] = [run for r in rounds for run in r["runs"]]
+    out["round_medians"] = [_median(r["runs"], "total") for r in rounds]
+    for key in ("rss_loaded_kib", "load_peak_rss_kib", "peak_rss_kib", "ru_maxrss_kib"):
+        vals = [r[key] for r in rounds if r.get(key) is not None]
+        out[key] = max(vals) if vals else None
+    for key in ("cpu_s", "wall_s", "others_cpu_s", "steal_s"):
+        vals = [r[key] for r in rounds if r.get(key) is not None]
+        out[key] = sum(vals) if vals else None
+    out["loadavg_1min"] = [r["loadavg_1min"] for r in rounds]
+    if all("forward_s" in r for r in rounds):
+        out["forward_s"] = statistics.median(r["forward_s"] for r in rounds)
+    if "staged_equals_forward" in out:
+        out["staged_equals_forward"] = all(r["staged_equals_forward"] for r in rounds)
+    # the detections of every round are the first round's (the same weights and image)
+    first = rounds[0].get("dets_arrays")
+    out["rounds_identical"] = all(
+        first is not None and r.get("dets_arrays") is not None
+        and all(np.array_equal(first[k], r["dets_arrays"][k]) for k in first)
+        for r in rounds
+    )
+    return out
+
+
 def format_tv_table(results: dict[str, dict[str, Any]], header: str) -> str:
     ok = [b for b in results if "error" not in results[b]]
     base = "torch" if "torch" in ok else None
@@ -550,10 +605,17 @@ def format_tv_table(results: dict[str, dict[str, Any]], header: str) -> str:
     row("growth while detecting (peak while detecting - RSS after load), MiB",
         lambda r: (r["peak_rss_kib"] - r["rss_loaded_kib"])
         if r.get("peak_rss_kib") and r.get("rss_loaded_kib") else None, _mib, True)
+    if any(len(results[b].get("round_medians", [])) > 1 for b in cols):
+        row("median total of each round (own process), s", lambda r: r["round_medians"],
+            lambda v: ", ".join(f"{x:.3f}" for x in v), False)
     row("process CPU time (user + sys) / wall, s",
         lambda r: (r["cpu_s"], r["wall_s"]), lambda v: f"{v[0]:.0f} / {v[1]:.0f}", False)
+    row("other processes' CPU time meanwhile / steal, s",
+        lambda r: (r.get("others_cpu_s"), r.get("steal_s")),
+        lambda v: "n/a" if v[0] is None else f"{v[0]:.1f} / {v[1]:.1f}", False)
     row("load average (1 min) before / after", lambda r: r["loadavg_1min"],
-        lambda v: f"{v[0]:.2f} / {v[1]:.2f}", False)
+        lambda v: "; ".join(f"{a:.2f} / {b:.2f}" for a, b in
+                            (v if isinstance(v[0], list | tuple) else [v])), False)
     row("detections", lambda r: r["detections"], str, False)
     for b, r in results.items():
         if "error" in r:
@@ -664,8 +726,9 @@ def main_torchvision(args: argparse.Namespace, backends: list[str], argv: list[s
     tv_models = _tv_models()
     load0 = os.getloadavg()
     if load0[0] > 0.5:
-        print(f"warning: load average {load0[0]:.2f} before the run: other jobs are running",
-              file=sys.stderr)
+        print(f"note: load average {load0[0]:.2f} before the run (other jobs, or a run that "
+              "just ended); each child's table row 'other processes' CPU time' says what else "
+              "ran meanwhile", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="npfrcnn-bench-") as folder:
         pth, h5 = os.path.join(folder, "model.pth"), os.path.join(folder, "model.h5")
         t = time.perf_counter()
@@ -707,29 +770,43 @@ def main_torchvision(args: argparse.Namespace, backends: list[str], argv: list[s
             f"{rh}x{rw}" + (" (scale 1.0, the size is unchanged; both systems still run their "
                             "bilinear resize)" if same else "")
             + f", padded to {ph}x{pw}. {threads or 'default'} threads in both "
-            f"(torch.set_num_threads, OMP/MKL/OpenBLAS/Numba variables); warm-up + median of "
-            f"{args.runs} runs; each system in its own process; torchvision eager under "
-            f"torch.no_grad()."
+            f"(torch.set_num_threads, OMP/MKL/OpenBLAS/Numba variables); each system in its "
+            f"own process, "
+            + (f"{args.rounds} rounds (a fresh process each, alternating which system goes "
+               f"first), each a warm-up + {args.runs} timed runs: medians of the "
+               f"{args.rounds * args.runs} timed runs"
+               + " (the first run is the first round's; RSS figures the largest of any round)"
+               if args.rounds > 1 else f"a warm-up + median of {args.runs} timed runs")
+            + "; torchvision eager under torch.no_grad()."
         )
-        results: dict[str, dict[str, Any]] = {}
-        for b in backends:
-            print(f"running {b} ...", file=sys.stderr, flush=True)
-            dets = os.path.join(folder, f"{b}-dets.npz")
-            extra = ["--profile", profile, "--seed", str(args.seed), "--dets", dets]
-            extra += ["--small"] if args.small else []
-            weights = pth if b == "torch" else h5
-            results[b] = run_child(b, weights, image_npy, args.runs, threads, folder, extra)
-            if "error" in results[b]:
-                print(f"  {b}: {results[b]['error']}", file=sys.stderr)
-                continue
-            with np.load(dets) as z:
-                results[b]["dets_arrays"] = {k: z[k] for k in z.files}
-            print(f"  {b}: median total {_median(results[b]['runs'], 'total'):.3f} s "
-                  f"(load average {results[b]['loadavg_1min'][0]:.2f} -> "
-                  f"{results[b]['loadavg_1min'][1]:.2f})", file=sys.stderr, flush=True)
+        per_round: dict[str, list[dict[str, Any]]] = {b: [] for b in backends}
+        for k in range(args.rounds):
+            # alternate the order, so that a slow spell of the machine does not fall on one
+            # system only
+            for b in backends if k % 2 == 0 else backends[::-1]:
+                print(f"running {b} (round {k + 1}/{args.rounds}) ...", file=sys.stderr,
+                      flush=True)
+                dets = os.path.join(folder, f"{b}-dets-{k}.npz")
+                extra = ["--profile", profile, "--seed", str(args.seed), "--dets", dets]
+                extra += ["--small"] if args.small else []
+                weights = pth if b == "torch" else h5
+                r = run_child(b, weights, image_npy, args.runs, threads, folder, extra)
+                per_round[b].append(r)
+                if "error" in r:
+                    print(f"  {b}: {r['error']}", file=sys.stderr)
+                    continue
+                with np.load(dets) as z:
+                    r["dets_arrays"] = {k: z[k] for k in z.files}
+                print(f"  {b}: median total {_median(r['runs'], 'total'):.3f} s (others' CPU "
+                      f"time meanwhile {r.get('others_cpu_s', float('nan')):.1f} s, steal "
+                      f"{r.get('steal_s', float('nan')):.1f} s)", file=sys.stderr, flush=True)
+        results = {b: _merge_rounds(rs) for b, rs in per_round.items()}
     notes = []
     ref = results.get("torch", {})
     if "error" not in ref and "dets_arrays" in ref:
+        for b in backends:
+            if "error" not in results[b] and not results[b].get("rounds_identical", True):
+                notes.append(f"WARNING: {_TV_NAMES[b]} gave other detections in another round.")
         if not ref.get("staged_equals_forward", True):
             notes.append("WARNING: torchvision's staged chain gave other detections than its "
                          "forward().")
@@ -740,6 +817,15 @@ def main_torchvision(args: argparse.Namespace, backends: list[str], argv: list[s
                 notes.append(format_agreement(cmp, _TV_NAMES[b]))
     for b in results:
         results[b].pop("dets_arrays", None)
+        r = results[b]
+        if r.get("others_cpu_s") is not None and r.get("wall_s"):
+            share = r["others_cpu_s"] / (r["wall_s"] * (os.cpu_count() or 1))
+            if share > 0.03:
+                notes.append(
+                    f"WARNING: the machine was busy while {_TV_NAMES.get(b, b)} ran: other "
+                    f"processes used {r['others_cpu_s']:.0f} s of CPU time ({100 * share:.0f} % "
+                    "of all cores); its figures are not reliable: run again on a quiet machine."
+                )
     verdicts = tv_verdicts(results, "cpu" if "cpu" in results else backends[0])
     table = format_tv_table(results, header)
     text = table + "\n\n" + "\n\n".join(notes + verdicts)
@@ -780,6 +866,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image", default=None,
                    help="use this photo (resized) instead of a synthetic image")
     p.add_argument("--runs", type=int, default=3, help="timed runs after the warm-up (default 3)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="torchvision profiles: run each system this many times, each time in a "
+                        "fresh process, alternating the order; the timed runs are pooled "
+                        "(default 1)")
     p.add_argument("--backends", default=None,
                    help="comma-separated subset of numpy,cpu,tf (default all three); for the "
                         "torchvision profiles a subset of numpy,cpu,torch (default cpu,torch)")
@@ -823,8 +913,8 @@ def main(argv: list[str] | None = None) -> int:
     if bad or not backends:
         print(f"--backends: unknown {bad}; choose from {', '.join(allowed)}", file=sys.stderr)
         return 2
-    if args.runs < 1:
-        print("--runs must be at least 1", file=sys.stderr)
+    if args.runs < 1 or args.rounds < 1:
+        print("--runs and --rounds must be at least 1", file=sys.stderr)
         return 2
     if args.profile != WORKSHOP:
         return main_torchvision(args, backends, argv)
