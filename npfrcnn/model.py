@@ -123,6 +123,14 @@ def build_parts(config: AnyConfig, tensors: Mapping[str, np.ndarray], backend: s
     )
 
 
+def _pooled_array(pooled: Any) -> F32:
+    """The pooled RoIs as an array: C4 poolers return one, MultiScaleRoIAlign a ``PooledRoIs``."""
+    from npfrcnn.modeling.poolers import PooledRoIs
+
+    feats = pooled.features if isinstance(pooled, PooledRoIs) else pooled
+    return np.asarray(feats, dtype=np.float32)
+
+
 class _FPNBackbone:
     """ResNet body then FPN; keeps the body's outputs of the last call for ``run_stages``."""
 
@@ -274,8 +282,7 @@ class FasterRCNN:
     def head(self, pooled: Any) -> tuple[F32, F32]:
         """C4: ``(bbox_pred [P, 4n], cls_prob [P, n + 1])``; FPN: ``(box_regression
         [P, 4 (n + 1)], class_logits [P, n + 1])`` (softmax comes in :meth:`detections`)."""
-        feats = pooled.features if hasattr(pooled, "features") else pooled
-        feats = np.asarray(feats, dtype=np.float32)
+        feats = _pooled_array(pooled)
         parts = [
             self.parts.box_head(feats[i : i + HEAD_CHUNK])
             for i in range(0, max(feats.shape[0], 1), HEAD_CHUNK)
@@ -375,15 +382,14 @@ class FasterRCNN:
             t1 = time.perf_counter()
             pooled = self.pool_rois(fm, props.boxes[start : start + HEAD_CHUNK], pre.image_size)
             t2 = time.perf_counter()
-            feats = pooled.features if hasattr(pooled, "features") else pooled
-            feat_parts.append(self.parts.box_head(np.asarray(feats, dtype=np.float32)))
+            feat_parts.append(self.parts.box_head(_pooled_array(pooled)))
             t0 = time.perf_counter()
             clock["roi_pool"] += t2 - t1
             clock["head"] += t0 - t2
         bbox_pred, cls_out = self.parts.predictor(np.concatenate(feat_parts))
-        lap_head = time.perf_counter() - t0
-        clock["head"] += lap_head
-        t0 = time.perf_counter()
+        t1 = time.perf_counter()
+        clock["head"] += t1 - t0
+        t0 = t1
         dets = self.detections(
             props.boxes, bbox_pred, cls_out, pre.image_size, min_prob=min_prob,
             max_detections=max_detections, original_size=pre.original_size,

@@ -22,8 +22,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if os.environ.get("NPFRCNN_TEST_GPU") != "1":
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
+import importlib.util
+
 import pytest
 from hypothesis import HealthCheck, settings
+
+# Both oracles, TensorFlow and torch, run in one pytest process. Once TensorFlow is loaded,
+# torchvision's first import (torch._dynamo -> triton) crashes the process with a segmentation
+# fault, so torch and torchvision are imported first, before any test module imports TF.
+if importlib.util.find_spec("torchvision") is not None:
+    import torchvision  # noqa: F401
 
 settings.register_profile(
     "ci",

@@ -20,12 +20,60 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from npfrcnn.config import ModelConfig
-from npfrcnn.resnet import UnitSpec, backbone_units, tail_units
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One bottleneck unit as TF-slim's ``stack_blocks_dense`` runs it (pipeline-spec 1.4).
+
+    Derived here from the spec, not taken from ``npfrcnn.resnet``: the oracle must not share
+    the code it checks.
+    """
+
+    prefix: str
+    depth_in: int
+    depth: int
+    stride: int
+    rate: int
+
+    @property
+    def has_shortcut_conv(self) -> bool:
+        return self.depth_in != self.depth
+
+
+def _slim_units(config: ModelConfig) -> tuple[list[_Unit], list[_Unit]]:
+    """``(block1..3 units, block4 units)``: each block's last unit has the stride (2 for
+    block1..3, ``tail_stride`` for block4); once block1..3 reach ``output_stride`` (the root
+    is at 4), later strides become dilation rates instead."""
+    scope = f"resnet_v1_{3 * sum(config.units_per_block) + 2}"
+    base: list[_Unit] = []
+    current, rate, depth_in = 4, 1, config.root_depth
+    for b in range(3):
+        n, depth = config.units_per_block[b], 4 * config.base_depths[b]
+        for k in range(1, n + 1):
+            stride = 2 if k == n else 1
+            prefix = f"{scope}/block{b + 1}/unit_{k}/bottleneck_v1"
+            if current == config.output_stride:
+                base.append(_Unit(prefix, depth_in, depth, 1, rate))
+                rate *= stride
+            else:
+                base.append(_Unit(prefix, depth_in, depth, stride, 1))
+                current *= stride
+            depth_in = depth
+    tail: list[_Unit] = []
+    n, depth = config.units_per_block[3], 4 * config.base_depths[3]
+    for k in range(1, n + 1):
+        stride = config.tail_stride if k == n else 1
+        prefix = f"{scope}/block4/unit_{k}/bottleneck_v1"
+        tail.append(_Unit(prefix, depth_in, depth, stride, 1))
+        depth_in = depth
+    return base, tail
 
 __all__ = ["TFReference", "reference_anchors", "save_checkpoint", "export_hdf5"]
 
@@ -116,7 +164,7 @@ class TFReference:
         x = tf.pad(x, [[0, 0], [beg, end], [beg, end], [0, 0]])
         return tf.nn.conv2d(x, kernel, stride, "VALID", dilations=rate)
 
-    def _unit(self, x: Any, u: UnitSpec) -> Any:
+    def _unit(self, x: Any, u: _Unit) -> Any:
         tf = self.tf
         p = u.prefix
         if u.has_shortcut_conv:
@@ -151,7 +199,7 @@ class TFReference:
                                 2, 1)
         net = tf.nn.relu(self._bn(net, scope + "/conv1"))
         net = tf.nn.max_pool2d(net, 3, 2, self.config.pool1_padding)
-        for u in backbone_units(self.config):
+        for u in _slim_units(self.config)[0]:
             net = self._unit(net, u)
         return net
 
@@ -273,7 +321,7 @@ class TFReference:
         """``run_rcnn``: block4 tail, global mean, fc heads -> ``(bbox_pred, cls_prob)``."""
         tf = self.tf
         net = tf.convert_to_tensor(pooled)
-        for u in tail_units(self.config):
+        for u in _slim_units(self.config)[1]:
             net = self._unit(net, u)
         feats = tf.reduce_mean(net, [1, 2])
         logits = tf.matmul(feats, self._v("rcnn/fc_classifier/kernel")) + self._v(

@@ -35,11 +35,8 @@ What TF computes, and therefore what every backend computes:
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import heapq
 import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -56,6 +53,7 @@ from npfrcnn._validate import (
     device_inputs,
 )
 from npfrcnn.ops._backend import kernel as backend_kernel
+from npfrcnn.ops._libm import LIBM_EXPF
 
 __all__ = ["batched_nms", "nms", "soft_nms"]
 
@@ -69,21 +67,7 @@ _TINY = np.finfo(np.float32).tiny  # smallest normal float32; below it TF's CPU 
 # --------------------------------------------------------------------------------------------
 
 
-def _libm_expf() -> Callable[[float], float] | None:
-    """C's ``expf`` from the platform libm: the function TF's kernel and Numba's code call."""
-    name = ctypes.util.find_library("m")
-    if name is None:
-        return None
-    try:
-        fn = ctypes.CDLL(name).expf
-    except (OSError, AttributeError):
-        return None
-    fn.restype = ctypes.c_float
-    fn.argtypes = [ctypes.c_float]
-    return fn
-
-
-_EXPF = _libm_expf()
+_EXPF = LIBM_EXPF
 
 
 def _expf(x: np.float32) -> np.float32:

@@ -24,14 +24,11 @@ flush-to-zero, which is torch's default (``torch.set_flush_denormal(False)``).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-from collections.abc import Callable
-
 import numpy as np
 import numpy.typing as npt
 
 from npfrcnn._validate import as_float_array, check_positive_int
+from npfrcnn.ops._libm import LIBM_EXPF
 
 __all__ = [
     "exp_f64",
@@ -178,21 +175,7 @@ def sleef_expf_u10(x: npt.ArrayLike) -> F32:
     return np.asarray(u, dtype=f32)
 
 
-def _load_libm_expf() -> Callable[[float], float] | None:
-    """C's ``expf`` from the platform libm (glibc's on Linux), or None where none loads."""
-    name = ctypes.util.find_library("m")
-    if name is None:
-        return None
-    try:
-        fn = ctypes.CDLL(name).expf
-    except (OSError, AttributeError):
-        return None
-    fn.restype = ctypes.c_float
-    fn.argtypes = [ctypes.c_float]
-    return fn
-
-
-_LIBM_EXPF = _load_libm_expf()
+_LIBM_EXPF = LIBM_EXPF
 
 
 def libm_expf(x: npt.ArrayLike) -> F32:
