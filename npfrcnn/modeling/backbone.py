@@ -32,8 +32,10 @@ import numpy.typing as npt
 from npfrcnn import ops
 from npfrcnn.config.fpn import FPNConfig
 from npfrcnn.ops.layers import (
+    affine_epilogue_,
     apply_fma_affine,
     frozen_batch_norm_params,
+    max_pool_3x3_s2_p1,
     torch_batch_norm_params,
 )
 from npfrcnn.ops.resize import resize_nearest
@@ -74,10 +76,15 @@ class Norm:
             return x
         return apply_fma_affine(x, self.a, self.b)
 
+    def fused_(
+        self, x: F32, backend: str, residual: F32 | None = None, relu: bool = False
+    ) -> F32:
+        """``relu(norm(x) + residual)`` **in place**, as separate passes compute it, bit for bit.
 
-def _relu_(x: F32) -> F32:
-    np.maximum(x, np.float32(0.0), out=x)
-    return x
+        ``backend="cpu"`` makes it one parallel pass (:func:`npfrcnn.ops.affine_epilogue_`).
+        """
+        kind = "frozen_bn" if self.kind == "frozen_bn" else "fma64"
+        return affine_epilogue_(x, kind, self.a, self.b, residual, relu, backend)
 
 
 @dataclass(frozen=True)
@@ -142,28 +149,28 @@ class ResNetBody:
         )
 
     def _block(self, x: F32, blk: BlockSpec) -> F32:
-        p = blk.prefix
-        out = _relu_(self.norms[p + "bn1."](self._conv(x, p + "conv1.weight")))
-        out = _relu_(self.norms[p + "bn2."](self._conv(out, p + "conv2.weight", blk.stride, 1)))
-        out = self.norms[p + "bn3."](self._conv(out, p + "conv3.weight"))
+        p, be = blk.prefix, self.backend
+        out = self.norms[p + "bn1."].fused_(self._conv(x, p + "conv1.weight"), be, relu=True)
+        out = self.norms[p + "bn2."].fused_(
+            self._conv(out, p + "conv2.weight", blk.stride, 1), be, relu=True
+        )
         if blk.downsample:
-            identity = self.norms[p + "downsample.1."](
-                self._conv(x, p + "downsample.0.weight", blk.stride)
+            identity = self.norms[p + "downsample.1."].fused_(
+                self._conv(x, p + "downsample.0.weight", blk.stride), be
             )
         else:
             identity = x
-        out += identity
-        return _relu_(out)
+        # bn3, + identity, ReLU
+        return self.norms[p + "bn3."].fused_(
+            self._conv(out, p + "conv3.weight"), be, residual=identity, relu=True
+        )
 
     def stem(self, x: F32) -> F32:
         """conv1 -> norm -> ReLU -> 3x3/2 max-pool with padding 1 (``-inf``)."""
-        net = _relu_(self.norms["backbone.body.bn1."](
-            self._conv(x, "backbone.body.conv1.weight", 2, 3)
-        ))
-        n, h, w, c = net.shape
-        padded = np.full((n, h + 2, w + 2, c), -np.inf, dtype=np.float32)
-        padded[:, 1:-1, 1:-1] = net
-        return ops.max_pool2d(padded, 3, 2, padding="VALID")
+        net = self.norms["backbone.body.bn1."].fused_(
+            self._conv(x, "backbone.body.conv1.weight", 2, 3), self.backend, relu=True
+        )
+        return max_pool_3x3_s2_p1(net, backend=self.backend)
 
     def __call__(self, x: F32) -> list[F32]:
         net = self.stem(x)
@@ -201,7 +208,7 @@ class FPN:
             backend=self.backend,
         )
         if self.config.fpn_norm == "batch_norm":
-            out = self.norms[p + "1."](out)
+            out = self.norms[p + "1."].fused_(out, self.backend)
         return out
 
     def __call__(self, body: list[F32]) -> dict[str, F32]:
@@ -209,8 +216,10 @@ class FPN:
         results = [self._block(last, "layer_blocks", 3)]
         for i in (2, 1, 0):
             lateral = self._block(body[i], "inner_blocks", i)
-            top_down = resize_nearest(last, lateral.shape[1], lateral.shape[2])
-            last = lateral + top_down
+            top_down = resize_nearest(
+                last, lateral.shape[1], lateral.shape[2], backend=self.backend
+            )
+            last = affine_epilogue_(lateral, "none", residual=top_down, backend=self.backend)
             results.insert(0, self._block(last, "layer_blocks", i))
         pool = np.ascontiguousarray(results[-1][:, ::2, ::2])  # max_pool2d(k=1, s=2)
         return dict(zip(LEVELS, [*results, pool], strict=True))

@@ -38,6 +38,7 @@ from npfrcnn import boxes as bx
 from npfrcnn import ops
 from npfrcnn.config.fpn import FPNConfig
 from npfrcnn.modeling.backbone import LEVELS
+from npfrcnn.ops.layers import affine_epilogue_
 from npfrcnn.ops.torch_math import torch_sigmoid
 from npfrcnn.ops.torch_sort import torch_topk
 from npfrcnn.ops.tv_nms import torchvision_batched_nms
@@ -189,10 +190,12 @@ class MultiLevelRPN:
             for i in range(self.config.rpn_conv_depth):
                 p = f"rpn.head.conv.{i}.0."
                 net = ops.conv2d(
-                    net, self.t[p + "weight"], self.t[p + "bias"], padding=((1, 1), (1, 1)),
-                    backend=self.backend,
+                    net, self.t[p + "weight"], padding=((1, 1), (1, 1)), backend=self.backend
                 )
-                np.maximum(net, np.float32(0), out=net)
+                # + bias, ReLU (one pass on the cpu backend; the same bits as two)
+                affine_epilogue_(
+                    net, "bias", b=self.t[p + "bias"], relu=True, backend=self.backend
+                )
             logits = ops.conv2d(
                 net, self.t["rpn.head.cls_logits.weight"], self.t["rpn.head.cls_logits.bias"],
                 backend=self.backend,

@@ -15,8 +15,12 @@ results agree to summation-order rounding (bounded by ``2 * K * eps32 * sum(|x| 
 bitwise equal whenever every partial sum is exact (e.g. small integers). The bias is added after
 the convolution, in float32, as ``tf.nn.bias_add`` does.
 
-Backends: ``"numpy"`` and ``"cpu"`` share this BLAS path (a Numba loop would be both slower and
-no closer to TF's summation order); ``"cuda"`` is not provided by this front door.
+Backends: ``"numpy"`` and ``"cpu"`` run the same GEMMs on the same patch matrices, so they give
+the same bits. ``"numpy"`` builds the patches with NumPy copies (a zero-padded copy of the input,
+then a strided view copied into the buffer); ``"cpu"`` gathers them with a parallel Numba kernel
+straight from the unpadded input, gathers a strided 1x1 convolution's input in parallel, and
+adds the bias in parallel (``npfrcnn.kernels.cpu.conv``). A Numba GEMM would be both slower than
+the BLAS and no closer to TF's summation order. ``"cuda"`` is not provided by this front door.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import numpy.typing as npt
 from numpy.lib.stride_tricks import as_strided
 
 from npfrcnn._validate import as_float_array, check_backend, check_positive_int
+from npfrcnn.ops._backend import kernel_module
 
 __all__ = ["conv2d", "conv_output_size", "same_padding", "IM2COL_BUDGET_BYTES"]
 
@@ -150,8 +155,8 @@ def conv2d(
             ``total // 2`` before, the rest after), ``"VALID"``, or explicit zero padding
             ``((top, bottom), (left, right))``.
         dilations: an int or ``(dh, dw)``, positive; ``k_eff = (k - 1) * d + 1``.
-        backend: ``"numpy"`` or ``"cpu"``; both run the BLAS path described in the module
-            docstring.
+        backend: ``"numpy"`` or ``"cpu"``; both run the BLAS GEMMs described in the module
+            docstring (same bits), ``"cpu"`` with its copies done on every core.
 
     Returns:
         ``[N, Ho, Wo, Cout]`` float32 with ``Ho = (H + pad_h - k_eff_h) // sh + 1``
@@ -195,9 +200,19 @@ def conv2d(
 
     out = np.empty((n, ho, wo, cout), dtype=np.float32)
     if n > 0:
-        _conv_blas(xa, ka, out, (sh, sw), (dh, dw), ((pt, pb), (pl, pr)))
-        if ba is not None:
-            out += ba
+        pads = ((pt, pb), (pl, pr))
+        if backend == "cpu":
+            _conv_blas_cpu(xa, ka, out, (sh, sw), (dh, dw), pads)
+            if ba is not None:
+                cpu = kernel_module("cpu", "conv")
+                empty = np.empty((0, 0), dtype=np.float32)
+                cpu.epilogue(
+                    out.reshape(-1, cout), cpu.EPI_BIAS, ba, ba, empty, False, False
+                )
+        else:
+            _conv_blas(xa, ka, out, (sh, sw), (dh, dw), pads)
+            if ba is not None:
+                out += ba
     return out
 
 
@@ -263,4 +278,58 @@ def _conv_blas(
             m = (r1 - r0) * wo
             cols = buf[:m]
             np.copyto(cols.reshape(r1 - r0, wo, *inner), patches[i, r0:r1])
+            np.matmul(cols, kmat, out=out[i, r0:r1].reshape(m, cout))
+
+
+def _conv_blas_cpu(
+    x: npt.NDArray[np.float32],
+    kernel: npt.NDArray[np.float32],
+    out: npt.NDArray[np.float32],
+    strides: tuple[int, int],
+    dilations: tuple[int, int],
+    pads: tuple[tuple[int, int], tuple[int, int]],
+) -> None:
+    """:func:`_conv_blas` with its copies done by Numba kernels on every core.
+
+    The same GEMMs on the same patch matrices (so the same bits): patches are gathered
+    straight from the unpadded input (no padded copy), a strided 1x1 convolution's input is
+    gathered in parallel, and a stride-1 unpadded 1x1 convolution multiplies ``x`` in place.
+    """
+    cpu = kernel_module("cpu", "conv")
+    n, ho, wo, cout = out.shape
+    kh, kw, cin, _ = kernel.shape
+    sh, sw = strides
+    dh, dw = dilations
+    (pt, _), (pl, _) = pads
+    k = kh * kw * cin
+    kmat = kernel.reshape(k, cout)
+    if kh == 1 and kw == 1 and pt == 0 and pl == 0 and ho <= x.shape[1] and wo <= x.shape[2]:
+        if sh == 1 and sw == 1 and ho == x.shape[1] and wo == x.shape[2]:
+            src = x
+        else:
+            src = np.empty((n, ho, wo, cin), dtype=np.float32)
+            cpu.gather_strided(x, sh, sw, src)
+        np.matmul(src.reshape(n * ho * wo, cin), kmat, out=out.reshape(n * ho * wo, cout))
+        return
+    # The reference's chunks exactly (whole images per GEMM when they fit, else rows of one
+    # image): the BLAS may sum differently for a different number of GEMM rows.
+    row_bytes = wo * k * 4
+    rows = max(1, IM2COL_BUDGET_BYTES // row_bytes)
+    if rows >= ho:
+        imgs = max(1, rows // ho)
+        buf = np.empty((min(imgs, n) * ho * wo, k), dtype=np.float32)
+        for i0 in range(0, n, imgs):
+            i1 = min(i0 + imgs, n)
+            m = (i1 - i0) * ho * wo
+            cols = buf[:m]
+            cpu.im2col(x, i0, i1, 0, ho, wo, kh, kw, sh, sw, dh, dw, pt, pl, cols)
+            np.matmul(cols, kmat, out=out[i0:i1].reshape(m, cout))
+        return
+    buf = np.empty((rows * wo, k), dtype=np.float32)
+    for i in range(n):
+        for r0 in range(0, ho, rows):
+            r1 = min(r0 + rows, ho)
+            m = (r1 - r0) * wo
+            cols = buf[:m]
+            cpu.im2col(x, i, i + 1, r0, r1, wo, kh, kw, sh, sw, dh, dw, pt, pl, cols)
             np.matmul(cols, kmat, out=out[i, r0:r1].reshape(m, cout))

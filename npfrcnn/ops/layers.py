@@ -1,8 +1,10 @@
 """Elementwise and small dense layers, with TensorFlow's arithmetic order.
 
-All take and return float32 (other real dtypes are converted), NHWC where spatial. They are
-pure NumPy: each is a handful of vectorised ufunc calls, which is already memory-bound, so
-there is no separate Numba kernel.
+All take and return float32 (other real dtypes are converted), NHWC where spatial. The TF
+layers are pure NumPy: each is a handful of vectorised ufunc calls. The two functions used
+between the convolutions of the torchvision backbone, :func:`affine_epilogue_` and
+:func:`max_pool_3x3_s2_p1`, also have a ``"cpu"`` backend: one parallel Numba pass computing
+the same bits as their NumPy passes (``npfrcnn.kernels.cpu.conv``).
 
 Parity with TF (CPU, oneDNN off), measured and asserted in ``tests/test_layers.py``:
 
@@ -23,10 +25,14 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from npfrcnn._validate import as_float_array
+from npfrcnn._validate import as_float_array, check_backend
+from npfrcnn.ops._backend import kernel_module
 from npfrcnn.ops.conv import _pair, conv_output_size, resolve_padding
 
-__all__ = ["batch_norm", "max_pool2d", "relu", "relu6", "dense", "softmax", "mean"]
+__all__ = [
+    "batch_norm", "max_pool2d", "relu", "relu6", "dense", "softmax", "mean", "affine_epilogue_",
+    "max_pool_3x3_s2_p1",
+]
 
 F32 = npt.NDArray[np.float32]
 
@@ -350,3 +356,95 @@ def torch_batch_norm(
     vectors = _bn_vectors(weight, bias, running_mean, running_var, xa.shape[-1] if xa.ndim else 0)
     alpha, beta = torch_batch_norm_params(*vectors, eps=eps)
     return apply_fma_affine(xa, alpha, beta)
+
+
+#: ``kind`` values of :func:`affine_epilogue_`.
+EPILOGUE_KINDS = ("none", "frozen_bn", "fma64", "bias")
+
+
+def affine_epilogue_(
+    y: F32,
+    kind: str,
+    a: F32 | None = None,
+    b: F32 | None = None,
+    residual: F32 | None = None,
+    relu: bool = False,
+    backend: str = "cpu",
+) -> F32:
+    """A convolution's epilogue, **in place** on ``y [..., C]`` (a fresh conv output); returns y.
+
+    In this order, each a float32 rounding as the reference's separate passes make it:
+
+    1. ``kind``: ``"frozen_bn"`` ``y = y * a`` then ``y = y + b`` (torchvision's
+       ``FrozenBatchNorm2d`` with ``a, b`` from :func:`frozen_batch_norm_params`); ``"fma64"``
+       ``y = f32(f64(y) * f64(a) + f64(b))`` (:func:`apply_fma_affine`, BN in eval);
+       ``"bias"`` ``y = y + b``; ``"none"`` nothing;
+    2. ``y = y + residual`` when a residual (of ``y``'s shape) is given;
+    3. ``y = np.maximum(y, 0)`` when ``relu``.
+
+    ``backend="numpy"`` runs those NumPy passes; ``"cpu"`` does them in one parallel Numba pass
+    (``npfrcnn.kernels.cpu.conv.epilogue``) with the same bits. ``y`` must be C-contiguous
+    float32; ``a`` and ``b`` float32 ``[C]``.
+    """
+    check_backend(backend, ("numpy", "cpu"))
+    if kind not in EPILOGUE_KINDS:
+        raise ValueError(f"kind must be one of {EPILOGUE_KINDS}, got {kind!r}")
+    if y.dtype != np.float32 or not y.flags.c_contiguous or y.ndim < 1:
+        raise ValueError("y must be a C-contiguous float32 array with channels last")
+    c = y.shape[-1]
+    unused = np.zeros(c, dtype=np.float32)
+    checked = []
+    for name, v, needed in (
+        ("a", a, kind in ("frozen_bn", "fma64")), ("b", b, kind != "none")
+    ):
+        if needed and (v is None or v.shape != (c,) or v.dtype != np.float32):
+            raise ValueError(f"{name} must be float32 of shape [{c}] for kind={kind!r}")
+        checked.append(unused if v is None else v)
+    pa, pb = checked
+    if residual is not None and (
+        residual.shape != y.shape or residual.dtype != np.float32
+        or not residual.flags.c_contiguous
+    ):
+        raise ValueError(
+            f"residual must be C-contiguous float32 of y's shape {y.shape}, got "
+            f"{residual.dtype} {residual.shape}"
+        )
+    if backend == "numpy":
+        if kind == "frozen_bn":
+            y *= pa
+            y += pb
+        elif kind == "fma64":
+            y[...] = apply_fma_affine(y, pa, pb)
+        elif kind == "bias":
+            y += pb
+        if residual is not None:
+            y += residual
+        if relu:
+            np.maximum(y, np.float32(0.0), out=y)
+        return y
+    cpu = kernel_module("cpu", "conv")
+    mode = {"none": cpu.EPI_NONE, "frozen_bn": cpu.EPI_FROZEN_BN, "fma64": cpu.EPI_FMA64,
+            "bias": cpu.EPI_BIAS}[kind]
+    y2 = y.reshape(-1, c)
+    r2 = residual.reshape(-1, c) if residual is not None else np.empty((0, 0), np.float32)
+    cpu.epilogue(y2, mode, pa, pb, r2, residual is not None, bool(relu))
+    return y
+
+
+def max_pool_3x3_s2_p1(x: F32, backend: str = "cpu") -> F32:
+    """``MaxPool2d(kernel_size=3, stride=2, padding=1)`` (the padding never wins) on NHWC float32.
+
+    ``backend="numpy"`` pads with ``-inf`` and runs :func:`max_pool2d`; ``"cpu"`` reads the
+    unpadded input in one parallel Numba pass, with the same bits (NaN wins, ties take the later
+    tap, as ``np.maximum`` does). Output ``[N, (H - 1) // 2 + 1, (W - 1) // 2 + 1, C]``.
+    """
+    check_backend(backend, ("numpy", "cpu"))
+    xa = as_float_array("x", x, ndim=4)
+    n, h, w, c = xa.shape
+    if backend == "numpy" or min(xa.shape) == 0:
+        padded = np.full((n, h + 2, w + 2, c), -np.inf, dtype=np.float32)
+        padded[:, 1:-1, 1:-1] = xa
+        return max_pool2d(padded, 3, 2, padding="VALID")
+    out = np.empty((n, (h - 1) // 2 + 1, (w - 1) // 2 + 1, c), dtype=np.float32)
+    kernel_module("cpu", "conv").max_pool_3x3_s2_p1(xa, out)
+    return out
