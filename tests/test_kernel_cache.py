@@ -7,15 +7,24 @@ a fresh process sharing one empty ``NUMBA_CACHE_DIR``: the first, with one threa
 writes the cache; the second, with two, must load every parallel kernel from it (no compilation)
 and still match the NumPy reference exactly (crop_and_resize, crop_and_pool) or within float32
 rounding (roi_align, roi_pool; see their own tests).
+
+The rest checks, in process, the choice of a per-user cache folder when the package's own
+``__pycache__`` cannot be written (``npfrcnn.kernels._numba_cache``): a temporary folder is used
+only if it is a real folder of ours that no one else can write, and a user's own Numba functions
+keep Numba's own cache.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
+
+import pytest
 
 _SCRIPT = textwrap.dedent(
     """
@@ -75,3 +84,76 @@ def test_parallel_kernels_load_from_the_cache_under_another_thread_count(tmp_pat
     assert second["threads"] == 2
     assert all(second["same"].values()), second
     assert all(hits >= 1 and misses == 0 for hits, misses in second["stats"].values()), second
+
+
+# The cache policy of npfrcnn.kernels._numba_cache, in process (the read-only install and the
+# damaged caches themselves are exercised in fresh processes in test_readonly_install.py).
+
+
+def test_a_private_temp_folder_is_created_0700_and_then_reused(tmp_path):
+    from npfrcnn.kernels import _numba_cache
+
+    path = tmp_path / "npfrcnn-numba-test"
+    assert _numba_cache._private(str(path)) is None
+    assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0  # 0700, or stricter under umask
+    assert _numba_cache._private(str(path)) is None  # already there, ours: used again
+
+
+@pytest.mark.parametrize("squat", ["group-writable", "world-writable", "symlink", "file", "owner"])
+def test_a_temp_folder_someone_else_could_write_is_refused(tmp_path, squat):
+    from npfrcnn.kernels import _numba_cache
+
+    path = tmp_path / "npfrcnn-numba-test"
+    if squat == "symlink":
+        (tmp_path / "real").mkdir(mode=0o700)
+        path.symlink_to(tmp_path / "real")
+    elif squat == "file":
+        path.write_text("")
+    else:
+        path.mkdir(mode=0o700)
+        if squat == "owner":
+            if os.geteuid() != 0:
+                pytest.skip("only root can make a folder owned by another user")
+            os.chown(path, 65534, -1)
+        else:
+            path.chmod(0o720 if squat == "group-writable" else 0o702)
+    reason = _numba_cache._private(str(path))
+    assert reason is not None
+    assert {"symlink": "not a folder", "file": "not a folder", "owner": "owned by uid 65534"}.get(
+        squat, "writable by other users"
+    ) in reason
+
+
+def test_per_user_folders_follow_xdg_then_home_then_the_temp_folder(tmp_path, monkeypatch):
+    from npfrcnn.kernels import _numba_cache
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "t"))
+    user = f"-{os.geteuid()}" if hasattr(os, "geteuid") else ""
+    temp = str(tmp_path / "t" / f"npfrcnn-numba{user}")
+
+    def paths() -> list[str]:
+        return [path for path, _ in _numba_cache._candidates()]
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert paths() == [str(tmp_path / "xdg" / "npfrcnn" / "numba"), temp]
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/xdg")  # not absolute: ignored, per the spec
+    assert paths() == [str(tmp_path / "home" / ".cache" / "npfrcnn" / "numba"), temp]
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", "relative")  # never a folder named after it in the cwd
+    assert paths() == [temp]
+
+
+def test_functions_outside_the_kernels_keep_numbas_own_cache():
+    from numba import njit
+    from numba.core.caching import FunctionCache
+
+    from npfrcnn.kernels.cpu import nms
+
+    def double(x):  # a user's function, defined here, beside a writable __pycache__
+        return 2 * x
+
+    user = njit(cache=True)(double)
+    assert type(user._cache) is FunctionCache  # Numba's own class, untouched
+    assert type(nms.nms_kernel._cache) is not FunctionCache
+    assert isinstance(nms.nms_kernel._cache, FunctionCache)
