@@ -7,6 +7,7 @@ wrong and how to fix it. Kernels never validate: they assume what these helpers 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +15,12 @@ import numpy as np
 import numpy.typing as npt
 
 BACKENDS = ("numpy", "cpu", "cuda")
+
+#: The range of the kernels' integer type (Numba's int64, torch's ``int64_t``).
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+#: :func:`memory_limit_bytes` where the machine's physical memory cannot be read.
+FALLBACK_MEMORY_BYTES = 2**40
 
 
 def _describe(x: Any) -> str:
@@ -95,20 +102,49 @@ def check_unit_interval(name: str, value: float) -> float:
     return v
 
 
-def check_positive_int(name: str, value: Any, *, allow_zero: bool = False) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+def check_int(name: str, value: Any) -> int:
+    """``value`` as a Python int: Python and NumPy integers are accepted; bool, float and
+    anything else are a ``ValueError`` naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"{name} must be an integer, got {value!r}")
-    v = int(value)
-    if v < 0 or (v == 0 and not allow_zero):
-        lo = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"{name} must be a {lo} integer, got {value!r}")
+    return int(value)
+
+
+def check_int_range(name: str, value: Any, lo: int, hi: int, *, fix: str = "") -> int:
+    """An integer in ``[lo, hi]`` (both inclusive), as a Python int.
+
+    Raises:
+        ValueError: naming ``name``, the allowed range and, if given, the ``fix``.
+    """
+    v = check_int(name, value)
+    if not lo <= v <= hi:
+        tail = f"; {fix}" if fix else ""
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}{tail}")
     return v
 
 
-def check_size_pair(name: str, value: int | Sequence[int]) -> tuple[int, int]:
-    """An (height, width) pair of positive ints; a single int means a square."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        v = check_positive_int(name, value)
+def check_positive_int(
+    name: str, value: Any, *, allow_zero: bool = False, hi: int | None = None
+) -> int:
+    """A positive integer (``allow_zero``: non-negative), at most ``hi`` when given."""
+    v = check_int(name, value)
+    if v < 0 or (v == 0 and not allow_zero):
+        lo = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name} must be a {lo} integer, got {value!r}")
+    if hi is not None and v > hi:
+        raise ValueError(
+            f"{name} must be an integer in [{0 if allow_zero else 1}, {hi}], got {value!r}"
+        )
+    return v
+
+
+def check_size_pair(
+    name: str, value: int | Sequence[int], hi: int = INT64_MAX
+) -> tuple[int, int]:
+    """An (height, width) pair of positive ints, each at most ``hi`` (default: the kernels'
+    int64); a single int means a square."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        v = check_positive_int(name, value, hi=hi)
         return v, v
     try:
         items = list(value)  # type: ignore[arg-type]
@@ -118,7 +154,74 @@ def check_size_pair(name: str, value: int | Sequence[int]) -> tuple[int, int]:
         ) from None
     if len(items) != 2:
         raise ValueError(f"{name} must be a pair (height, width), got {value!r}")
-    return check_positive_int(name, items[0]), check_positive_int(name, items[1])
+    return check_positive_int(name, items[0], hi=hi), check_positive_int(name, items[1], hi=hi)
+
+
+# --------------------------------------------------------------------------------------------
+# Allocation sizes: refused before anything is allocated
+# --------------------------------------------------------------------------------------------
+
+
+def memory_limit_bytes() -> int:
+    """This machine's physical memory in bytes (``FALLBACK_MEMORY_BYTES`` where unknown).
+
+    A front door refuses a result (with the kernels' scratch) larger than this: such an
+    allocation either fails or, under memory overcommit, succeeds and gets the process killed
+    once the kernel writes it.
+    """
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # not POSIX, or not reported
+        return FALLBACK_MEMORY_BYTES
+    if pages <= 0 or size <= 0:
+        return FALLBACK_MEMORY_BYTES
+    return int(pages) * int(size)
+
+
+def format_bytes(n: int) -> str:
+    """``n`` bytes for a message: ``"7.3 TiB"``, ``"512 B"``."""
+    v = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if v < 1024 or unit == "PiB":
+            return f"{int(v)} {unit}" if unit == "B" else f"{v:.3g} {unit}"
+        v /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def check_nbytes(what: str, nbytes: int, fix: str) -> int:
+    """Refuse an allocation of ``nbytes`` (a Python int, so it cannot overflow) that exceeds
+    :func:`memory_limit_bytes`; ``what`` names it, ``fix`` says what to change.
+
+    Raises:
+        ValueError: ``"<what> would need 7.28 TiB, more than this machine's 23.4 GiB of
+            memory; <fix>"``.
+    """
+    limit = memory_limit_bytes()
+    if nbytes > limit:
+        raise ValueError(
+            f"{what} would need {format_bytes(nbytes)}, more than this machine's "
+            f"{format_bytes(limit)} of memory; {fix}"
+        )
+    return nbytes
+
+
+def describe_result(shape: Sequence[int], dtype: str = "float32") -> str:
+    """``"a [2, 7, 7, 256] float32 result"`` for messages about :func:`nbytes_of` sizes."""
+    text = f"a [{', '.join(str(int(d)) for d in shape)}] {dtype} result"
+    return text + (" (an empty axis counted as 1)" if 0 in shape else "")
+
+
+def nbytes_of(shape: Sequence[int], itemsize: int) -> int:
+    """Bytes of an array of ``shape``, with every axis counted as at least 1.
+
+    An axis of 0 makes the array empty, but NumPy still refuses shapes whose other axes
+    overflow, and the size is a property of the arguments (a crop size of 10**6 x 10**6 is
+    absurd whether or not there are boxes), so the front doors check this bound.
+    """
+    n = int(itemsize)
+    for d in shape:
+        n *= max(int(d), 1)
+    return n
 
 
 def check_backend(backend: str, allowed: Sequence[str] = BACKENDS) -> str:

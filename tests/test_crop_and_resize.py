@@ -305,3 +305,24 @@ def test_cuda_backend_dispatch():
         assert_same(crop_and_resize(image, boxes, idx, (2, 3), method, 0.5, backend="cuda"), want)
     want = crop_and_pool(image, boxes, idx, (2, 3), 0.5, backend="numpy")
     assert_same(crop_and_pool(image, boxes, idx, (2, 3), 0.5, backend="cuda"), want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_subnormal_inputs_count_as_zero_as_on_tfs_cpu(backend):
+    """TF's CPU threads run with denormals-are-zero (cases found by Hypothesis against TF):
+    a subnormal box coordinate is 0, and a subnormal pixel is 0 in the bilinear lerp; nearest
+    copies the pixel unchanged."""
+    tiny = np.float32(1e-45)
+    image = np.zeros((1, 2, 8, 3), np.float32)
+    image[0, 0, 0, 2] = 1.0
+    # x = -1e-45 read as 0: the sample lands on column 0 (value 1); taken as -1e-45 it would be
+    # just outside the image and extrapolated (0).
+    box = np.array([[0, -tiny, 0, -tiny]], np.float32)
+    got = crop_and_resize(image, box, [0], 1, backend=backend)
+    assert got.ravel().tolist() == [0.0, 0.0, 1.0]
+    pixel = np.full((1, 1, 1, 1), tiny, np.float32)
+    corner = np.array([[0, 0, 0, 0]], np.float32)
+    assert crop_and_resize(pixel, corner, [0], 2, backend=backend).ravel().tolist() == [0.0] * 4
+    assert crop_and_pool(pixel, corner, [0], 2, backend=backend).ravel().tolist() == [0.0]
+    near = crop_and_resize(pixel, corner, [0], 2, "nearest", backend=backend)
+    assert near.ravel().tolist() == [float(tiny)] * 4

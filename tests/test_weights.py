@@ -15,6 +15,7 @@ from npfrcnn.weights import (
     FORMAT_VERSION,
     WeightsError,
     expected_shapes,
+    external_data,
     inspect,
     make_random_model,
     random_weights,
@@ -318,3 +319,157 @@ def test_convert_bad_inputs(checkpoint, tmp_path):
     (tmp_path / "four.json").write_text(json.dumps(CLASSES + ["extra"]))
     with pytest.raises(WeightsError, match="fc_classifier"):
         checkpoint_to_hdf5(prefix, tmp_path / "o.h5", tmp_path / "four.json")
+
+
+# Self-contained files and attribute types ------------------------------------------------------
+# Each bad file is the good one with one thing changed by h5py; `other.h5` beside it holds data
+# that must never be read (its values would pass every check).
+
+
+def _other_file(tmp_path):
+    with h5py.File(tmp_path / "other.h5", "w") as g:
+        g["bias"] = np.zeros(32, np.float32)
+        g["grp/bias"] = np.zeros(32, np.float32)
+    return "other.h5"
+
+
+def _replace_with_external_link(h, other):
+    del h["rpn/conv/bias"]
+    h["rpn/conv/bias"] = h5py.ExternalLink(other, "/bias")
+
+
+def _replace_with_soft_link_through_external(h, other):
+    h["ext"] = h5py.ExternalLink(other, "/grp")
+    del h["rpn/conv/bias"]
+    h["rpn/conv/bias"] = h5py.SoftLink("/ext/bias")
+
+
+def _replace_with_vds(h, other):
+    del h["rpn/conv/bias"]
+    layout = h5py.VirtualLayout(shape=(32,), dtype=np.float32)
+    layout[:] = h5py.VirtualSource(other, "bias", shape=(32,))
+    h.create_virtual_dataset("rpn/conv/bias", layout)
+
+
+def _replace_with_external_storage(h, other):
+    raw = os.path.join(os.path.dirname(h.filename), "raw.bin")
+    with open(raw, "wb") as out:
+        out.write(np.zeros(32, np.float32).tobytes())
+    del h["rpn/conv/bias"]
+    h.create_dataset("rpn/conv/bias", shape=(32,), dtype=np.float32, external=[(raw, 0, 128)])
+
+
+def _replace_with_plugin_filter(h, other):
+    data = h["rpn/conv/bias"][()]
+    del h["rpn/conv/bias"]
+    # 32001 is Blosc's registered id: not built into HDF5, so reading loads a plugin library.
+    h.create_dataset("rpn/conv/bias", data=data, chunks=(32,), compression=32001,
+                     allow_unknown_filter=True)
+
+
+@pytest.mark.parametrize("change, words", [
+    (_replace_with_external_link, ["'rpn/conv/bias' is an external link", "'other.h5'"]),
+    (_replace_with_soft_link_through_external,
+     ["'rpn/conv/bias' is a soft link to '/ext/bias'", "through the external link 'ext'",
+      "'ext' is an external link"]),
+    (_replace_with_vds, ["'rpn/conv/bias' is a virtual dataset", "'other.h5'"]),
+    (_replace_with_external_storage, ["'rpn/conv/bias' keeps its raw data in external", "raw.bin"]),
+    (_replace_with_plugin_filter, ["'rpn/conv/bias' uses HDF5 filter 32001", "plugin"]),
+])
+def test_read_refuses_files_that_read_other_files(good, tmp_path, monkeypatch, change, words):
+    _, _, path = good
+    other = _other_file(tmp_path)
+    with h5py.File(path, "a") as h:
+        change(h, other)
+    # h5py would resolve the relative names against the working directory: put `other.h5`
+    # there, so that following a link would succeed (and the refusal is not a missing file).
+    monkeypatch.chdir(tmp_path)
+    reads = []
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", lambda self, key: reads.append(self.name))
+    with pytest.raises(WeightsError) as e:
+        read(path)
+    assert reads == []  # refused before any dataset's data was read
+    msg = str(e.value)
+    for w in words:
+        assert w in msg, (w, msg)
+    assert "must hold all its data itself" in msg or "without that filter" in msg
+    assert "missing tensor" not in msg  # no noise from the tensors it did not read
+    assert external_data(path) == e.value.problems
+    info = inspect(path)
+    assert reads == []
+    assert info["problems"] == e.value.problems and info["integrity"] == "unknown"
+    assert info["self_contained"] is ("filter" in words[0])
+    assert info["shapes"]["rpn/conv/kernel"] == [3, 3, 128, 32]
+
+
+def test_in_file_soft_links_and_good_files_are_self_contained(good):
+    _, _, path = good
+    assert external_data(path) == [] and inspect(path)["self_contained"] is True
+    with h5py.File(path, "a") as h:
+        h["alias"] = h5py.SoftLink("/rpn/conv/bias")  # stays in the file: reads nothing else
+        h["dangling"] = h5py.SoftLink("/nowhere")
+    assert external_data(path) == []
+    read(path)  # soft links are not datasets of their own: the file still loads
+
+
+def test_read_refuses_a_dataset_larger_than_memory_without_reading_it(good, monkeypatch):
+    _, _, path = good
+    import npfrcnn._validate as validate
+
+    monkeypatch.setattr(validate, "memory_limit_bytes", lambda: 4096)
+    reads = []
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", lambda self, key: reads.append(self.name))
+    with pytest.raises(WeightsError, match=r"'rpn/conv/kernel' has shape \(3, 3, 128, 32\) "
+                       r"\(144 KiB\), more than this machine's 4 KiB"):
+        read(path)
+    assert reads == []
+
+
+def _set_attr(key, value):
+    def change(h):
+        h.attrs[key] = value
+    return change
+
+
+def _set_bytes_attr(key, raw, fixed=False):
+    def change(h):
+        if fixed:  # a fixed-length string: h5py gives it back as bytes
+            h.attrs[key] = np.bytes_(raw)
+        else:  # variable-length: h5py decodes it, undecodable bytes as lone surrogates
+            h.attrs.create(key, raw, dtype=h5py.string_dtype("ascii"))
+    return change
+
+
+@pytest.mark.parametrize("change, words", [
+    (_set_bytes_attr("config", b"\xff\xfe{}"), ["root attribute config is not valid UTF-8"]),
+    (_set_bytes_attr("classes", b'["caf\xe9"]'), ["root attribute classes is not valid UTF-8"]),
+    (_set_bytes_attr("format", b"npfrcnn\xff"), ["root attribute format is not valid UTF-8"]),
+    (_set_bytes_attr("config", b"{\x80}", fixed=True),
+     ["root attribute config is not valid UTF-8 text (invalid start byte at byte 1)"]),
+    (_set_attr("config", 5), ["root attribute config must be a string, got int64 5"]),
+    (_set_attr("classes", np.array(["cat", "dog", "person"], dtype=h5py.string_dtype())),
+     ["root attribute classes must be a single string, got an array of shape (3,)"]),
+    (_set_attr("format_version", np.array([2, 2])),
+     ["root attribute format_version must be a single integer, got an array of shape (2,)"]),
+    (_set_attr("format_version", "2"),
+     ["root attribute format_version must be an integer, got str"]),
+    (_set_attr("format_version", 2.0),
+     ["root attribute format_version must be an integer, got float64"]),
+    (_set_attr("config", '{"num_classes": 3'), ["root attribute config is invalid"]),
+    (_set_attr("config", "[" * 100_000), ["root attribute config is invalid"]),
+    (_set_attr("classes", "[" * 100_000), ["root attribute classes is not valid JSON"]),
+    (_set_attr("provenance", "{"), ["root attribute provenance is not valid JSON"]),
+    (_set_attr("provenance", '{"source": "x", "tensors_sha256": 5}'),
+     ["tensors_sha256 must be 64 lower-case hex digits, got 5"]),
+    (_set_attr("provenance", h5py.Empty("f4")), ["root attribute provenance is empty"]),
+])
+def test_read_names_attributes_of_the_wrong_type_or_encoding(good, change, words):
+    _, _, path = good
+    with h5py.File(path, "a") as h:
+        change(h)
+    with pytest.raises(WeightsError) as e:
+        read(path)
+    msg = str(e.value)
+    for w in words:
+        assert w in msg, (w, msg)
+    assert inspect(path)["problems"]  # inspect reports it too, without raising

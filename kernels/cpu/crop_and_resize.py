@@ -15,8 +15,10 @@ literal below is converted with ``np.float32`` on purpose; no fastmath (no FMA c
 
 Inputs are validated by ``npfrcnn.ops.crop_and_resize``: ``image`` float32 C-contiguous
 ``[B, H, W, D]``, ``boxes`` float32 ``[N, 4]`` finite, ``box_indices`` int32 ``[N]`` in
-``[0, B)``, crop sizes positive (``>= 2`` for ``crop_and_pool``), ``out`` float32 C-contiguous
-of the result's shape. The caller allocates ``out`` with NumPy: NumPy backs large arrays with
+``[0, B)``, crop sizes positive (``>= 2`` for ``crop_and_pool``) with the result and the
+sampling tables (``N * (crop_h + crop_w) * 25`` bytes) within the machine's memory, ``out``
+float32 C-contiguous of the result's shape. Nothing is allocated inside the parallel loops.
+The caller allocates ``out`` with NumPy: NumPy backs large arrays with
 transparent huge pages, which halves the first-touch cost of writing a 400 MB result.
 """
 
@@ -31,19 +33,15 @@ _LOWEST = np.float32(np.finfo(np.float32).min)
 
 
 @njit(cache=True)
-def _axis_samples(lo, hi, size, crop):  # pragma: no cover - compiled
-    """Source coordinate and its floor/ceil/lerp for each of ``crop`` output positions.
+def _axis_samples(lo, hi, size, crop, valid, first, second, lerp, coord):  # pragma: no cover
+    """Source coordinate and its floor/ceil/lerp for each of ``crop`` output positions, written
+    to the tables ``valid, first, second, lerp, coord`` (``[crop]`` each).
 
-    Returns ``(valid, first, second, lerp, coord)``: ``valid[i]`` is False where the coordinate is
-    outside ``[0, size - 1]`` (TF extrapolates there); a NaN coordinate, which TF only reaches
-    through float overflow of ``(hi - lo) * (size - 1)`` and then indexes with an undefined
-    ``(int)NaN``, is treated as outside too.
+    ``valid[i]`` is False where the coordinate is outside ``[0, size - 1]`` (TF extrapolates
+    there; its taps and lerp are then 0); a NaN coordinate, which TF only reaches through float
+    overflow of ``(hi - lo) * (size - 1)`` and then indexes with an undefined ``(int)NaN``, is
+    treated as outside too.
     """
-    valid = np.zeros(crop, dtype=np.bool_)
-    first = np.zeros(crop, dtype=np.int64)
-    second = np.zeros(crop, dtype=np.int64)
-    lerp = np.zeros(crop, dtype=np.float32)
-    coord = np.zeros(crop, dtype=np.float32)
     span = np.float32(size - 1)
     if crop > 1:
         scale = (hi - lo) * span / np.float32(crop - 1)
@@ -62,7 +60,25 @@ def _axis_samples(lo, hi, size, crop):  # pragma: no cover - compiled
             first[i] = np.int64(f)
             second[i] = np.int64(np.ceil(c))
             lerp[i] = c - f
-    return valid, first, second, lerp, coord
+        else:
+            valid[i] = False
+            first[i] = 0
+            second[i] = 0
+            lerp[i] = np.float32(0.0)
+
+
+@njit(cache=True)
+def _tables(n, crop):  # pragma: no cover - compiled
+    """Per-box sampling tables for one axis, ``[n, crop]`` each (valid, first, second, lerp,
+    coord), allocated before the parallel loop: there a failed allocation raises MemoryError
+    (inside a ``prange`` body Numba loses it and returns ``out`` partly written)."""
+    return (
+        np.empty((n, crop), np.bool_),
+        np.empty((n, crop), np.int64),
+        np.empty((n, crop), np.int64),
+        np.empty((n, crop), np.float32),
+        np.empty((n, crop), np.float32),
+    )
 
 
 @njit(cache=True)
@@ -96,11 +112,15 @@ def crop_and_resize(image, boxes, box_indices, crop_h, crop_w, nearest, extrapol
     n = boxes.shape[0]
     height, width, depth = image.shape[1], image.shape[2], image.shape[3]
     ev = np.float32(extrapolation_value)
+    tvy, ttop, tbottom, tylerp, tcy = _tables(n, crop_h)
+    tvx, tleft, tright, txlerp, tcx = _tables(n, crop_w)
     for i in prange(n):
         img = image[box_indices[i]]  # [H, W, D]
         y1, x1, y2, x2 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
-        vy, top, bottom, ylerp, cy = _axis_samples(y1, y2, height, crop_h)
-        vx, left, right, xlerp, cx = _axis_samples(x1, x2, width, crop_w)
+        vy, top, bottom, ylerp, cy = tvy[i], ttop[i], tbottom[i], tylerp[i], tcy[i]
+        vx, left, right, xlerp, cx = tvx[i], tleft[i], tright[i], txlerp[i], tcx[i]
+        _axis_samples(y1, y2, height, crop_h, vy, top, bottom, ylerp, cy)
+        _axis_samples(x1, x2, width, crop_w, vx, left, right, xlerp, cx)
         for y in range(crop_h):
             for x in range(crop_w):
                 o = out[i, y, x]  # [D]
@@ -129,11 +149,15 @@ def crop_and_pool(image, boxes, box_indices, crop_h, crop_w, extrapolation_value
     height, width, depth = image.shape[1], image.shape[2], image.shape[3]
     ev = np.float32(extrapolation_value)
     lowest = _LOWEST
+    tvy, ttop, tbottom, tylerp, tcy = _tables(n, crop_h)
+    tvx, tleft, tright, txlerp, tcx = _tables(n, crop_w)
     for i in prange(n):
         img = image[box_indices[i]]  # [H, W, D]
         y1, x1, y2, x2 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
-        vy, top, bottom, ylerp, _ = _axis_samples(y1, y2, height, crop_h)
-        vx, left, right, xlerp, _ = _axis_samples(x1, x2, width, crop_w)
+        vy, top, bottom, ylerp = tvy[i], ttop[i], tbottom[i], tylerp[i]
+        vx, left, right, xlerp = tvx[i], tleft[i], tright[i], txlerp[i]
+        _axis_samples(y1, y2, height, crop_h, vy, top, bottom, ylerp, tcy[i])
+        _axis_samples(x1, x2, width, crop_w, vx, left, right, xlerp, tcx[i])
         for oy in range(crop_h // 2):
             ya, yb = 2 * oy, 2 * oy + 1
             for ox in range(crop_w // 2):

@@ -15,7 +15,12 @@ Transcribed from ``torchvision/csrc/ops/cpu/roi_align_kernel.cpp`` (forward) and
 
 Inputs are validated by ``npfrcnn.ops.roi_align``: ``features`` float32 C-contiguous
 ``[N, H, W, C]`` with ``H, W >= 1``, ``rois`` float32 ``[K, 5]`` finite, ``batch`` int64 ``[K]``
-in ``[0, N)``, ``out`` float32 C-contiguous ``[K, pooled_h, pooled_w, C]``.
+in ``[0, N)``, ``out`` float32 C-contiguous ``[K, pooled_h, pooled_w, C]``, and the sample
+count and table size bounded (``ROI_ALIGN_MAX_SAMPLES``, the machine's memory).
+
+Nothing is allocated inside the parallel loop: the per-RoI sample tables of all RoIs are
+allocated first, in serial code, where a failed allocation raises ``MemoryError``. (Inside a
+``prange`` body Numba loses such an error and the function returns ``out`` partly written.)
 """
 
 from __future__ import annotations
@@ -25,25 +30,54 @@ from numba import njit, prange
 
 
 @njit(cache=True)
-def _axis_weights(start, bin_size, pooled, grid, size):  # pragma: no cover - compiled
-    """Sample coordinates along one axis and their bilinear data, ``[pooled, grid]`` each.
+def _geometry(
+    rois, k, scale, offset, aligned, pooled_h, pooled_w, sampling_ratio
+):  # pragma: no cover - compiled
+    """RoI ``k``'s ``(start_h, start_w, bin_h, bin_w, grid_h, grid_w)`` (torchvision's)."""
+    start_w = rois[k, 1] * scale - offset
+    start_h = rois[k, 2] * scale - offset
+    end_w = rois[k, 3] * scale - offset
+    end_h = rois[k, 4] * scale - offset
+    roi_w = end_w - start_w
+    roi_h = end_h - start_h
+    if not aligned:  # torchvision forces malformed RoIs to 1x1
+        roi_w = max(roi_w, np.float32(1.0))
+        roi_h = max(roi_h, np.float32(1.0))
+    bin_h = roi_h / np.float32(pooled_h)
+    bin_w = roi_w / np.float32(pooled_w)
+    grid_h = (
+        sampling_ratio if sampling_ratio > 0 else np.int64(np.ceil(roi_h / np.float32(pooled_h)))
+    )
+    grid_w = (
+        sampling_ratio if sampling_ratio > 0 else np.int64(np.ceil(roi_w / np.float32(pooled_w)))
+    )
+    return start_h, start_w, bin_h, bin_w, grid_h, grid_w
 
-    Returns ``(inside, low, high, lerp_low, lerp_high)``: ``inside`` is the axis' half of
-    torchvision's ``-1 <= y <= H`` test; ``low``/``high`` are the two taps and
-    ``lerp_high = y - low``, ``lerp_low = 1 - lerp_high`` their weights (after clamping).
+
+@njit(cache=True)
+def _axis_weights(
+    start, bin_size, pooled, grid, size, inside, low, high, w_low, w_high
+):  # pragma: no cover - compiled
+    """Sample coordinates along one axis and their bilinear data, written to the tables
+    (``[pooled * grid]`` each, entry ``p * grid + i``).
+
+    ``inside`` is the axis' half of torchvision's ``-1 <= y <= H`` test; ``low``/``high`` are
+    the two taps and ``w_high = y - low``, ``w_low = 1 - w_high`` their weights (after
+    clamping); an outside sample gets taps 0 and weights 0.
     """
-    inside = np.zeros((pooled, grid), dtype=np.bool_)
-    low = np.zeros((pooled, grid), dtype=np.int64)
-    high = np.zeros((pooled, grid), dtype=np.int64)
-    w_low = np.zeros((pooled, grid), dtype=np.float32)
-    w_high = np.zeros((pooled, grid), dtype=np.float32)
     g = np.float32(grid)
     for p in range(pooled):
         for i in range(grid):
+            t = p * grid + i
             y = start + np.float32(p) * bin_size + (np.float32(i) + np.float32(0.5)) * bin_size / g
             if not (y >= np.float32(-1.0) and y <= np.float32(size)):
+                inside[t] = False
+                low[t] = 0
+                high[t] = 0
+                w_low[t] = np.float32(0.0)
+                w_high[t] = np.float32(0.0)
                 continue
-            inside[p, i] = True
+            inside[t] = True
             if y <= np.float32(0.0):
                 y = np.float32(0.0)
             lo = np.int64(y)
@@ -54,11 +88,10 @@ def _axis_weights(start, bin_size, pooled, grid, size):  # pragma: no cover - co
             else:
                 hi = lo + 1
             ly = y - np.float32(lo)
-            low[p, i] = lo
-            high[p, i] = hi
-            w_high[p, i] = ly
-            w_low[p, i] = np.float32(1.0 - np.float64(ly))
-    return inside, low, high, w_low, w_high
+            low[t] = lo
+            high[t] = hi
+            w_high[t] = ly
+            w_low[t] = np.float32(1.0 - np.float64(ly))
 
 
 @njit(parallel=True, cache=True)
@@ -70,48 +103,53 @@ def roi_align(
     height, width, channels = features.shape[1], features.shape[2], features.shape[3]
     scale = np.float32(spatial_scale)
     offset = np.float32(0.5) if aligned else np.float32(0.0)
+    # Where each RoI's tables start: RoI k owns entries [at_y[k], at_y[k + 1]).
+    at_y = np.zeros(k_rois + 1, np.int64)
+    at_x = np.zeros(k_rois + 1, np.int64)
+    for k in range(k_rois):
+        _, _, _, _, grid_h, grid_w = _geometry(
+            rois, k, scale, offset, aligned, pooled_h, pooled_w, sampling_ratio
+        )
+        at_y[k + 1] = at_y[k] + pooled_h * max(grid_h, 0)
+        at_x[k + 1] = at_x[k] + pooled_w * max(grid_w, 0)
+    in_y = np.empty(at_y[k_rois], np.bool_)
+    y_lo = np.empty(at_y[k_rois], np.int64)
+    y_hi = np.empty(at_y[k_rois], np.int64)
+    wy_lo = np.empty(at_y[k_rois], np.float32)
+    wy_hi = np.empty(at_y[k_rois], np.float32)
+    in_x = np.empty(at_x[k_rois], np.bool_)
+    x_lo = np.empty(at_x[k_rois], np.int64)
+    x_hi = np.empty(at_x[k_rois], np.int64)
+    wx_lo = np.empty(at_x[k_rois], np.float32)
+    wx_hi = np.empty(at_x[k_rois], np.float32)
     for k in prange(k_rois):
         fmap = features[batch[k]]  # [H, W, C]
-        start_w = rois[k, 1] * scale - offset
-        start_h = rois[k, 2] * scale - offset
-        end_w = rois[k, 3] * scale - offset
-        end_h = rois[k, 4] * scale - offset
-        roi_w = end_w - start_w
-        roi_h = end_h - start_h
-        if not aligned:  # torchvision forces malformed RoIs to 1x1
-            roi_w = max(roi_w, np.float32(1.0))
-            roi_h = max(roi_h, np.float32(1.0))
-        bin_h = roi_h / np.float32(pooled_h)
-        bin_w = roi_w / np.float32(pooled_w)
-        grid_h = (
-            sampling_ratio
-            if sampling_ratio > 0
-            else np.int64(np.ceil(roi_h / np.float32(pooled_h)))
-        )
-        grid_w = (
-            sampling_ratio
-            if sampling_ratio > 0
-            else np.int64(np.ceil(roi_w / np.float32(pooled_w)))
+        start_h, start_w, bin_h, bin_w, grid_h, grid_w = _geometry(
+            rois, k, scale, offset, aligned, pooled_h, pooled_w, sampling_ratio
         )
         count = np.float32(max(grid_h * grid_w, 1))
         # A negative grid (aligned, reversed RoI) samples nothing: the bins are 0 / count = 0.
         gh, gw = max(grid_h, 0), max(grid_w, 0)
-        in_y, y_lo, y_hi, wy_lo, wy_hi = _axis_weights(start_h, bin_h, pooled_h, gh, height)
-        in_x, x_lo, x_hi, wx_lo, wx_hi = _axis_weights(start_w, bin_w, pooled_w, gw, width)
+        y0, y1, x0, x1 = at_y[k], at_y[k + 1], at_x[k], at_x[k + 1]
+        _axis_weights(
+            start_h, bin_h, pooled_h, gh, height,
+            in_y[y0:y1], y_lo[y0:y1], y_hi[y0:y1], wy_lo[y0:y1], wy_hi[y0:y1],
+        )
+        _axis_weights(
+            start_w, bin_w, pooled_w, gw, width,
+            in_x[x0:x1], x_lo[x0:x1], x_hi[x0:x1], wx_lo[x0:x1], wx_hi[x0:x1],
+        )
         for ph in range(pooled_h):
             for pw in range(pooled_w):
                 o = out[k, ph, pw]  # [C]
                 o[:] = np.float32(0.0)
                 for iy in range(gh):
+                    ty = y0 + ph * gh + iy
                     for ix in range(gw):
-                        if in_y[ph, iy] and in_x[pw, ix]:
-                            yl, yh, xl, xh = y_lo[ph, iy], y_hi[ph, iy], x_lo[pw, ix], x_hi[pw, ix]
-                            hy, ly, hx, lx = (
-                                wy_lo[ph, iy],
-                                wy_hi[ph, iy],
-                                wx_lo[pw, ix],
-                                wx_hi[pw, ix],
-                            )
+                        tx = x0 + pw * gw + ix
+                        if in_y[ty] and in_x[tx]:
+                            yl, yh, xl, xh = y_lo[ty], y_hi[ty], x_lo[tx], x_hi[tx]
+                            hy, ly, hx, lx = wy_lo[ty], wy_hi[ty], wx_lo[tx], wx_hi[tx]
                             w1, w2, w3, w4 = hy * hx, hy * lx, ly * hx, ly * lx
                         else:  # torchvision: zero weights at position 0 (0 * inf is still NaN)
                             yl, yh, xl, xh = 0, 0, 0, 0

@@ -29,8 +29,11 @@ from npfrcnn._validate import (
     as_float_array,
     check_backend,
     check_device_array,
+    check_nbytes,
     check_size_pair,
+    describe_result,
     device_inputs,
+    nbytes_of,
 )
 from npfrcnn.ops._backend import kernel_module
 
@@ -40,7 +43,9 @@ F32 = npt.NDArray[np.float32]
 _METHODS = ("bilinear", "nearest")
 # TF's max pool starts from the lowest float and keeps a value only if strictly greater.
 _LOWEST = np.float32(np.finfo(np.float32).min)
+_TINY = np.float32(np.finfo(np.float32).tiny)  # smallest normal float32
 _CHUNK = 64  # boxes per step of the NumPy reference (bounds its temporary memory)
+_TABLE_BYTES = 25  # per box and crop row/column: the CPU kernels' sampling tables
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,6 +249,7 @@ def _validate(
             "pass a [batch, height, width, depth] array with height, width >= 1"
         )
     bx = as_boxes("boxes", boxes)
+    bx = _daz(bx)  # TF's CPU threads run with denormals-are-zero: a subnormal coordinate is 0
     idx = np.asarray(box_indices)
     if idx.dtype.kind not in "iu":
         raise ValueError(
@@ -265,6 +271,14 @@ def _validate(
     return img, bx, np.ascontiguousarray(idx, dtype=np.int32), crop_h, crop_w, ev
 
 
+def _daz(a: F32) -> F32:
+    """Subnormal values read as 0, as TF's CPU threads (denormals-are-zero) read them in
+    arithmetic. Intermediate results that come out subnormal are not flushed here (TF's
+    flush-to-zero); that differs from TF only for values below ``1.2e-38``."""
+    tiny = (a != 0) & (np.abs(a) < _TINY)
+    return np.where(tiny, np.float32(0.0), a) if tiny.any() else a
+
+
 def _scalars(
     crop_size: int | Sequence[int], extrapolation_value: float
 ) -> tuple[int, int, np.float32]:
@@ -276,6 +290,20 @@ def _scalars(
             f"extrapolation_value must be a real number, got {extrapolation_value!r}"
         ) from None
     return crop_h, crop_w, ev
+
+
+def _check_size(
+    op: str, n: int, crop_h: int, crop_w: int, depth: int, pooled: bool
+) -> None:
+    """Refuse a result (with the CPU kernels' sampling tables) larger than the machine's
+    memory before anything is allocated; every axis counts as at least 1 (``nbytes_of``)."""
+    shape = (n, crop_h // 2, crop_w // 2, depth) if pooled else (n, crop_h, crop_w, depth)
+    check_nbytes(
+        f"{op} with crop_size ({crop_h}, {crop_w}): {describe_result(shape)} and its "
+        "sampling tables",
+        nbytes_of(shape, 4) + _TABLE_BYTES * max(n, 1) * (crop_h + crop_w),
+        "pass a smaller crop_size or fewer boxes at a time",
+    )
 
 
 def _device_crop(
@@ -299,7 +327,9 @@ def _device_crop(
         )
     n = check_device_array("boxes", boxes, np.float32, (None, 4))[0]
     check_device_array("box_indices", box_indices, np.int32, (n,))
-    return _scalars(crop_size, extrapolation_value)
+    crop_h, crop_w, ev = _scalars(crop_size, extrapolation_value)
+    _check_size(op, n, crop_h, crop_w, shape[3], op == "crop_and_pool")
+    return crop_h, crop_w, ev
 
 
 def _check_pool_size(crop_h: int, crop_w: int) -> None:
@@ -324,13 +354,18 @@ def crop_and_resize(
     Args:
         image: ``[batch, H, W, depth]`` real array (any int/float dtype; converted to float32
             first, as TF's kernel casts each tap to float). ``H`` and ``W`` must be >= 1.
+            For ``"bilinear"``, subnormal values count as 0 (TF's denormals-are-zero; a
+            subnormal produced inside the lerp is not flushed, unlike TF's flush-to-zero).
         boxes: float32 ``[N, 4]`` normalized ``(y1, x1, y2, x2)``: ``y`` maps to
             ``y * (H - 1)``. Coordinates outside ``[0, 1]`` are allowed (samples falling outside
             the image get ``extrapolation_value``); ``y1 > y2`` / ``x1 > x2`` give an up-down /
             left-right flipped crop; a zero-size box repeats one sample. Must be finite.
+            Subnormal coordinates (below ``1.2e-38``) count as 0, as on TF's CPU, whose
+            threads run with denormals-are-zero.
         box_indices: integer ``[N]``, the image of each box, in ``[0, batch)``.
-        crop_size: ``(crop_h, crop_w)`` positive ints (an int means square). A size of 1 samples
-            the box centre ``0.5 * (y1 + y2) * (H - 1)`` (computed in double, as TF does).
+        crop_size: ``(crop_h, crop_w)`` positive ints (an int means square), each at most
+            ``2**63 - 1``. A size of 1 samples the box centre ``0.5 * (y1 + y2) * (H - 1)``
+            (computed in double, as TF does).
         method: ``"bilinear"`` (corner-aligned lerp, TF's float32 order) or ``"nearest"``
             (``roundf``: halves round up).
         extrapolation_value: value for samples outside the image (float32; NaN allowed).
@@ -338,14 +373,17 @@ def crop_and_resize(
             (``npfrcnn.kernels.cuda.crop_and_resize``; a clear error where it cannot run).
 
     Returns:
-        float32 ``[N, crop_h, crop_w, depth]``; ``N == 0`` gives an empty array of that shape.
+        float32 ``[N, crop_h, crop_w, depth]``; ``N == 0`` or ``depth == 0`` gives an empty
+        array of that shape.
         Bitwise equal to TF's CPU kernel for all valid input, except where
         ``(y2 - y1) * (H - 1)`` overflows float32 (coordinates near 1e38): TF then indexes with
         an undefined ``(int)NaN``; here such samples are extrapolated.
 
     Raises:
         ValueError: wrong rank or shape, non-real dtype, non-finite boxes, a box index outside
-            ``[0, batch)``, a non-positive crop size, an unknown method or backend.
+            ``[0, batch)``, a non-positive crop size, a result larger than the machine's memory
+            (counting an empty axis as 1, and the CPU kernel's ``25 * N * (crop_h + crop_w)``
+            bytes of sampling tables), an unknown method or backend.
     """
     if method not in _METHODS:
         raise ValueError(f"method must be 'bilinear' or 'nearest', got {method!r}")
@@ -363,8 +401,11 @@ def crop_and_resize(
         image, boxes, box_indices, crop_size, extrapolation_value, backend
     )
     nearest = method == "nearest"
-    if bx.shape[0] == 0:
-        return np.zeros((0, crop_h, crop_w, img.shape[3]), dtype=np.float32)
+    if not nearest:  # TF's lerp reads subnormal taps as 0 (DAZ); nearest copies them as they are
+        img = _daz(img)
+    _check_size("crop_and_resize", bx.shape[0], crop_h, crop_w, img.shape[3], False)
+    if bx.shape[0] == 0 or img.shape[3] == 0:  # nothing to compute
+        return np.zeros((bx.shape[0], crop_h, crop_w, img.shape[3]), dtype=np.float32)
     if backend == "numpy":
         return _crop_and_resize_reference(img, bx, idx, crop_h, crop_w, nearest, ev)
     return _CROP[backend](img, bx, idx, crop_h, crop_w, nearest, ev)
@@ -393,10 +434,12 @@ def crop_and_pool(
             last crop row/column, as VALID pooling does (15 -> 7).
 
     Returns:
-        float32 ``[N, crop_h // 2, crop_w // 2, depth]``; ``N == 0`` gives an empty array.
+        float32 ``[N, crop_h // 2, crop_w // 2, depth]``; ``N == 0`` or ``depth == 0`` gives
+        an empty array.
 
     Raises:
-        ValueError: as ``crop_and_resize``, and for a crop size below 2.
+        ValueError: as ``crop_and_resize`` (the size bound applies to the pooled result), and
+            for a crop size below 2.
     """
     check_backend(backend)
     on_gpu = _device_crop(
@@ -413,8 +456,10 @@ def crop_and_pool(
         image, boxes, box_indices, crop_size, extrapolation_value, backend
     )
     _check_pool_size(crop_h, crop_w)
-    if bx.shape[0] == 0:
-        return np.zeros((0, crop_h // 2, crop_w // 2, img.shape[3]), dtype=np.float32)
+    img = _daz(img)  # TF's lerp reads subnormal taps as 0
+    _check_size("crop_and_pool", bx.shape[0], crop_h, crop_w, img.shape[3], True)
+    if bx.shape[0] == 0 or img.shape[3] == 0:  # nothing to compute
+        return np.zeros((bx.shape[0], crop_h // 2, crop_w // 2, img.shape[3]), dtype=np.float32)
     if backend == "numpy":
         return _crop_and_pool_reference(img, bx, idx, crop_h, crop_w, ev)
     return _POOL[backend](img, bx, idx, crop_h, crop_w, ev)

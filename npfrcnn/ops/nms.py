@@ -43,12 +43,13 @@ import numpy as np
 import numpy.typing as npt
 
 from npfrcnn._validate import (
+    INT64_MAX,
     _describe,
     as_boxes,
     as_scores,
     check_backend,
     check_device_array,
-    check_positive_int,
+    check_int_range,
     check_unit_interval,
     device_inputs,
 )
@@ -210,7 +211,14 @@ def _scalars(
     if max_output_size is None:
         limit = n
     else:
-        limit = check_positive_int(max_name, max_output_size, allow_zero=True)
+        # The kernels count in int64; more than n outputs cannot happen, so the limit is
+        # clamped to n (which changes no result) once it is known to be a valid int64.
+        limit = min(
+            n,
+            check_int_range(
+                max_name, max_output_size, 0, INT64_MAX, fix="pass None for no limit"
+            ),
+        )
     try:
         st = float(score_threshold)
     except (TypeError, ValueError):
@@ -267,7 +275,8 @@ def nms(
         iou_threshold: in ``[0, 1]``, rounded to float32. A box is suppressed by a selected one
             when their float32 IoU is strictly greater; IoU equal to it is kept. Boxes of area
             ``<= 0`` have IoU 0 with everything, so they are never suppressed nor suppress.
-        max_output_size: at most this many indices (``>= 0``); ``None`` means ``N``.
+        max_output_size: at most this many indices, an integer in ``[0, 2**63 - 1]`` (the
+            kernels' int64); ``None`` means ``N``.
         score_threshold: only boxes with ``score > score_threshold`` (strict, float32) are
             candidates.
         backend: ``"cpu"`` (Numba), ``"numpy"`` (reference) or ``"cuda"``.
@@ -363,7 +372,8 @@ def batched_nms(
     Args:
         boxes, scores, iou_threshold, score_threshold: as in :func:`nms`.
         classes: ``[N]`` integer class of each box (any integer values).
-        max_output_size_per_class: at most this many boxes per class; ``None``: no limit.
+        max_output_size_per_class: at most this many boxes per class, an integer in
+            ``[0, 2**63 - 1]``; ``None``: no limit.
         backend: ``"cpu"``, ``"numpy"`` or ``"cuda"``.
 
     Returns:

@@ -60,7 +60,15 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from npfrcnn._validate import as_float_array, check_backend, check_positive_int
+from npfrcnn._validate import (
+    INT64_MAX,
+    as_float_array,
+    check_backend,
+    check_nbytes,
+    check_positive_int,
+    describe_result,
+    nbytes_of,
+)
 from npfrcnn.ops._backend import kernel_module
 from npfrcnn.ops.torch_math import fma32
 
@@ -111,16 +119,17 @@ def torchvision_resize_size(
     ``799.9999999999999``).
 
     Args:
-        h, w: the image's height and width, positive ints.
+        h, w: the image's height and width, positive ints (at most ``2**63 - 1``).
         min_size: torchvision's ``min_size`` (its last entry when it is a tuple), > 0.
         max_size: torchvision's ``max_size``, > 0.
 
     Raises:
-        ValueError: a non-positive or non-integer size, or an image so elongated that a side
-            would become 0 pixels (torch's ``interpolate`` fails there too).
+        ValueError: a non-positive, non-integer or beyond-int64 size, an output side beyond
+            int64, or an image so elongated that a side would become 0 pixels (torch's
+            ``interpolate`` fails there too).
     """
-    hh = check_positive_int("h", h)
-    ww = check_positive_int("w", w)
+    hh = check_positive_int("h", h, hi=INT64_MAX)
+    ww = check_positive_int("w", w, hi=INT64_MAX)
     for name, v in (("min_size", min_size), ("max_size", max_size)):
         if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
             raise ValueError(f"{name} must be a positive number, got {v!r}")
@@ -130,6 +139,11 @@ def torchvision_resize_size(
     mn, mx = float(min_size), float(max_size)
     scale = min(mn / min(hh, ww), mx / max(hh, ww))
     out_h, out_w = int(hh * scale), int(ww * scale)
+    if out_h > INT64_MAX or out_w > INT64_MAX:
+        raise ValueError(
+            f"a {hh} x {ww} image resizes to {out_h} x {out_w} (scale {scale!r}), beyond "
+            "torch's int64 sizes; pass a smaller min_size and max_size"
+        )
     if out_h < 1 or out_w < 1:
         raise ValueError(
             f"a {hh} x {ww} image resizes to {out_h} x {out_w} (scale {scale!r}), which torch "
@@ -261,6 +275,21 @@ def _check_image(x: npt.ArrayLike) -> F32:
     return img
 
 
+def _out_size(img: F32, out_h: int, out_w: int, table_bytes: int) -> tuple[int, int]:
+    """``out_h, out_w`` checked: integers in ``[1, 2**63 - 1]`` (the kernels' int64) whose
+    result (every axis counted as at least 1) plus ``table_bytes`` per output row and column
+    fits in the machine's memory."""
+    oh = check_positive_int("out_h", out_h, hi=INT64_MAX)
+    ow = check_positive_int("out_w", out_w, hi=INT64_MAX)
+    shape = (img.shape[0], oh, ow, img.shape[3])
+    check_nbytes(
+        f"resizing to {oh} x {ow}: {describe_result(shape)}",
+        nbytes_of(shape, 4) + table_bytes * (oh + ow),
+        "pass a smaller out_h and out_w",
+    )
+    return oh, ow
+
+
 def _run_cpu_bilinear(
     x: F32, rows: tuple[I64, I64, F32, F32], cols: tuple[I64, I64, F32, F32], code: int
 ) -> F32:
@@ -286,7 +315,8 @@ def resize_bilinear(
     Args:
         x: ``[N, H, W, C]`` real array (converted to float32), ``H, W, C >= 1``.
         out_h, out_w: output size, positive ints (up- and downscaling; equal sizes keep that
-            axis' pixels).
+            axis' pixels), at most ``2**63 - 1``, with the result within the machine's
+            memory (an empty batch counted as one image).
         formula: torch's order of operations, one of ``BILINEAR_FORMULAS`` (see the module
             docstring; :func:`torch_bilinear_formula` picks the one torch would use). Which one
             torchvision's transform gets for an RGB image: ``"fma_channels_first"`` when
@@ -305,7 +335,8 @@ def resize_bilinear(
 
     Raises:
         ValueError: wrong rank, non-real dtype, an empty spatial or channel axis, a
-            non-positive size, an unknown formula or backend.
+            non-positive or too large size (a result larger than the machine's memory), an
+            unknown formula or backend.
     """
     check_backend(backend, _BACKENDS)
     if formula not in BILINEAR_FORMULAS:
@@ -314,8 +345,7 @@ def resize_bilinear(
             f"{formula!r}; torch_bilinear_formula() names the one torch uses"
         )
     img = _check_image(x)
-    oh = check_positive_int("out_h", out_h)
-    ow = check_positive_int("out_w", out_w)
+    oh, ow = _out_size(img, out_h, out_w, 24)  # per-axis tables: two int64 taps, two weights
     fused = formula.startswith("fma")
     rows = _linear_axis(img.shape[1], oh, fused)
     cols = _linear_axis(img.shape[2], ow, fused)
@@ -334,16 +364,18 @@ def resize_nearest(x: npt.ArrayLike, out_h: int, out_w: int, backend: str = "cpu
 
     Args:
         x: ``[N, H, W, C]`` real array (converted to float32), ``H, W, C >= 1``.
-        out_h, out_w: output size, positive ints.
+        out_h, out_w: output size, positive ints, bounded as in :func:`resize_bilinear`.
         backend: ``"cpu"`` (Numba) or ``"numpy"`` (reference).
 
     Returns:
         float32 ``[N, out_h, out_w, C]``.
+
+    Raises:
+        ValueError: as :func:`resize_bilinear`.
     """
     check_backend(backend, _BACKENDS)
     img = _check_image(x)
-    oh = check_positive_int("out_h", out_h)
-    ow = check_positive_int("out_w", out_w)
+    oh, ow = _out_size(img, out_h, out_w, 8)  # per-axis table: one int64 source index
     ih = _nearest_axis(img.shape[1], oh)
     iw = _nearest_axis(img.shape[2], ow)
     if backend == "numpy" or img.shape[0] == 0:

@@ -26,20 +26,37 @@ import numpy as np
 import numpy.typing as npt
 
 from npfrcnn._validate import (
+    INT64_MAX,
+    INT64_MIN,
     as_float_array,
     check_backend,
     check_device_array,
+    check_int_range,
+    check_nbytes,
     check_size_pair,
+    describe_result,
     device_inputs,
+    nbytes_of,
 )
 from npfrcnn.ops._backend import kernel_module
 
-__all__ = ["roi_align"]
+__all__ = ["ROI_ALIGN_MAX_SAMPLES", "roi_align"]
 
 F32 = npt.NDArray[np.float32]
 # Larger |coordinate * spatial_scale| would overflow the kernels' integer conversions (C's int
 # casts in torchvision) and lose float32 integer precision; no feature map comes near it.
 _COORD_LIMIT = float(2**24)
+#: The most bilinear samples ``roi_align`` takes for one RoI: ``pooled_h * grid_h * pooled_w *
+#: grid_w``, a grid side below 1 counted as 1 (so the number of bins is bounded too). 2**24
+#: is about a 4096 x 4096-pixel RoI in adaptive mode; Detectron2's C4 head on a whole 800 x 1333
+#: image takes 4,704, a whole 10,000 x 10,000 image at stride 16 about 400,000. Above it a RoI
+#: costs seconds per channel and torchvision's own kernel needs a 32-byte table entry per
+#: sample (512 MiB at the limit; its ``int`` sample count overflows at 2**31), so a RoI that
+#: large is a mistake in its coordinates or ``spatial_scale``, or wants a fixed ratio.
+ROI_ALIGN_MAX_SAMPLES = 2**24
+# Bytes per sample position and axis in the CPU kernel's tables (inside: 1, two int64 taps,
+# two float32 weights); see ``npfrcnn.kernels.cpu.roi_align``.
+_TABLE_BYTES = 25
 
 
 def validate_rois(
@@ -59,6 +76,7 @@ def validate_rois(
         )
     r = as_float_array("rois", rois, ndim=2, last=5, finite=True)
     pooled_h, pooled_w, scale32 = _roi_scalars(output_size, spatial_scale)
+    check_result_size((r.shape[0], pooled_h, pooled_w, fmap.shape[3]))
     batch = r[:, 0]
     if batch.size and (
         np.any(batch != np.trunc(batch)) or batch.min() < 0 or batch.max() >= fmap.shape[0]
@@ -74,6 +92,101 @@ def validate_rois(
             f"{scaled.max():g}; pass boxes in input-image pixels with the feature map's scale"
         )
     return fmap, r, batch.astype(np.int64), scale32, pooled_h, pooled_w
+
+
+def check_result_size(shape: tuple[int, int, int, int], table_bytes: int = 0) -> None:
+    """Refuse a ``[K, pooled_h, pooled_w, C]`` float32 result (plus ``table_bytes`` of kernel
+    tables) larger than the machine's memory, before anything is allocated."""
+    check_nbytes(
+        describe_result(shape) + (" and its sampling tables" if table_bytes else ""),
+        nbytes_of(shape, 4) + table_bytes,
+        "pass a smaller output_size or fewer RoIs at a time",
+    )
+
+
+def sample_grids(
+    rois: F32,
+    scale: np.float32,
+    pooled_h: int,
+    pooled_w: int,
+    sampling_ratio: int,
+    aligned: bool,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Each RoI's ``(grid_h, grid_w)`` samples per bin and axis, int64 ``[K]`` each.
+
+    The kernels' own float32 operations, in their order (so the same values):
+    ``size = x2 * scale - offset - (x1 * scale - offset)``, widened to at least 1 unless
+    ``aligned``, and ``grid = ceil(size / pooled)`` when ``sampling_ratio <= 0``.
+    """
+    k = rois.shape[0]
+    if sampling_ratio > 0:
+        full = np.full(k, sampling_ratio, dtype=np.int64)
+        return full, full.copy()
+    offset = np.float32(0.5) if aligned else np.float32(0.0)
+    start = rois[:, 1:3] * scale - offset  # [K, 2] (x, y)
+    end = rois[:, 3:5] * scale - offset
+    size = end - start  # float32
+    if not aligned:
+        size = np.maximum(size, np.float32(1.0))
+    grid_w = np.ceil(size[:, 0] / np.float32(pooled_w)).astype(np.int64)
+    grid_h = np.ceil(size[:, 1] / np.float32(pooled_h)).astype(np.int64)
+    return grid_h, grid_w
+
+
+def _fixed_ratio_samples(pooled_h: int, pooled_w: int, sampling_ratio: int) -> None:
+    """With ``sampling_ratio > 0`` (or for the bins alone) every RoI takes the same number of
+    samples: refuse it above ``ROI_ALIGN_MAX_SAMPLES`` whatever the RoIs."""
+    grid = max(sampling_ratio, 1)
+    n = pooled_h * grid * pooled_w * grid
+    if n <= ROI_ALIGN_MAX_SAMPLES:
+        return
+    if sampling_ratio > 0:
+        raise ValueError(
+            f"sampling_ratio={sampling_ratio} with output_size ({pooled_h}, {pooled_w}) takes "
+            f"{n:,} bilinear samples per RoI, more than ROI_ALIGN_MAX_SAMPLES = "
+            f"{ROI_ALIGN_MAX_SAMPLES:,}; pass a smaller sampling_ratio or output_size "
+            "(torchvision's MultiScaleRoIAlign uses sampling_ratio=2)"
+        )
+    raise ValueError(
+        f"output_size ({pooled_h}, {pooled_w}) has {n:,} bins per RoI, more than "
+        f"ROI_ALIGN_MAX_SAMPLES = {ROI_ALIGN_MAX_SAMPLES:,}; pass a smaller output_size"
+    )
+
+
+def check_samples(
+    rois: F32,
+    scale: np.float32,
+    pooled_h: int,
+    pooled_w: int,
+    sampling_ratio: int,
+    aligned: bool,
+    channels: int,
+) -> None:
+    """Refuse, before any work, a RoI that would take more than ``ROI_ALIGN_MAX_SAMPLES``
+    samples, and a result plus sampling tables larger than the machine's memory."""
+    _fixed_ratio_samples(pooled_h, pooled_w, sampling_ratio)
+    grid_h, grid_w = sample_grids(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned)
+    gh, gw = np.maximum(grid_h, 1), np.maximum(grid_w, 1)  # <= 2**26 each: no overflow
+    worst = int(np.argmax(gh * gw)) if rois.shape[0] else 0
+    if rois.shape[0]:
+        n = pooled_h * int(gh[worst]) * pooled_w * int(gw[worst])
+        if n > ROI_ALIGN_MAX_SAMPLES:
+            x1, y1, x2, y2 = (float(v) for v in rois[worst, 1:])
+            raise ValueError(
+                f"rois[{worst}] ({x1:g}, {y1:g}, {x2:g}, {y2:g}) at spatial_scale "
+                f"{float(scale):g} takes {int(grid_h[worst])} x {int(grid_w[worst])} samples "
+                f"in each of its {pooled_h} x {pooled_w} bins (adaptive sampling, "
+                f"sampling_ratio <= 0: ceil(RoI size / output size) per axis), {n:,} in all, "
+                f"more than ROI_ALIGN_MAX_SAMPLES = {ROI_ALIGN_MAX_SAMPLES:,} per RoI; pass a "
+                "positive sampling_ratio (torchvision's MultiScaleRoIAlign uses 2), or check "
+                "the RoI's coordinates and spatial_scale"
+            )
+    positions = pooled_h * int(np.maximum(grid_h, 0).sum()) + pooled_w * int(
+        np.maximum(grid_w, 0).sum()
+    )
+    check_result_size(
+        (rois.shape[0], pooled_h, pooled_w, channels), _TABLE_BYTES * positions
+    )
 
 
 def _roi_scalars(
@@ -112,8 +225,10 @@ def device_rois(
             f"features must have positive height and width, got shape {shape}; "
             "pass a [N, H, W, C] feature map with H, W >= 1"
         )
-    check_device_array("rois", rois, np.float32, (None, 5))
-    return _roi_scalars(output_size, spatial_scale)
+    k = check_device_array("rois", rois, np.float32, (None, 5))[0]
+    pooled_h, pooled_w, scale = _roi_scalars(output_size, spatial_scale)
+    check_result_size((k, pooled_h, pooled_w, shape[3]))
+    return pooled_h, pooled_w, scale
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,11 +367,17 @@ def roi_align(
         rois: ``[K, 5]`` ``(batch_index, x1, y1, x2, y2)``, finite, in the pixels of the image
             the features were computed from; ``batch_index`` a whole number in ``[0, N)``.
             ``|coordinate * spatial_scale|`` must not exceed ``2**24``.
-        output_size: ``(pooled_h, pooled_w)`` positive ints (an int means square).
+        output_size: ``(pooled_h, pooled_w)`` positive ints (an int means square), each at
+            most ``2**63 - 1``.
         spatial_scale: feature-map pixels per input pixel (e.g. 1/16); finite, > 0; used as
             float32, as torchvision's float kernel does.
-        sampling_ratio: samples per bin and axis; ``<= 0`` means adaptive,
-            ``ceil(roi_size / pooled_size)`` (so the cost grows with the RoI's size).
+        sampling_ratio: samples per bin and axis, an integer in ``[-2**63, 2**63 - 1]``;
+            ``<= 0`` means adaptive, ``ceil(roi_size / pooled_size)`` (so the cost grows with
+            the RoI's size). A RoI may take at most ``ROI_ALIGN_MAX_SAMPLES`` (2**24)
+            samples, ``pooled_h * grid_h * pooled_w * grid_w`` with a grid side below 1
+            counted as 1: larger ones are refused before any work (torchvision has no
+            limit; it allocates 32 bytes per sample and RoI). For GPU arrays only a fixed
+            ratio is checked, since the RoIs' values stay on the GPU.
         aligned: False (Detectron1 / legacy): a RoI spans ``[x1 * scale, x2 * scale]`` and is
             widened to at least 1 pixel. True: shifted by -0.5 pixel so that pixel centres
             line up, with no widening (a reversed or empty RoI then gives 0).
@@ -269,22 +390,25 @@ def roi_align(
     Each bin is ``sum / max(grid_h * grid_w, 1)`` with the samples summed in row-major order.
 
     Returns:
-        float32 ``[K, pooled_h, pooled_w, C]``; ``K == 0`` gives an empty array of that shape.
-        Where torchvision itself fails (an aligned RoI with exactly one negative adaptive grid
-        side makes it allocate a negative-size vector) the bins here are 0.
+        float32 ``[K, pooled_h, pooled_w, C]``; ``K == 0`` or ``C == 0`` gives an empty array
+        of that shape. Where torchvision itself fails (an aligned RoI with exactly one negative
+        adaptive grid side makes it allocate a negative-size vector) the bins here are 0.
 
     Raises:
         ValueError: wrong rank or shape, non-real dtype, non-finite RoIs, a batch index that is
             not a whole number in ``[0, N)``, coordinates beyond ``2**24``, a non-positive
-            output size or spatial scale, a non-integer sampling ratio, an unknown backend.
+            output size or spatial scale, a non-integer or out-of-range sampling ratio, a RoI
+            over ``ROI_ALIGN_MAX_SAMPLES``, a result (with the kernel's sampling tables)
+            larger than the machine's memory, an unknown backend.
     """
-    if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, (int, np.integer)):
-        raise ValueError(
-            f"sampling_ratio must be an integer (<= 0 for adaptive), got {sampling_ratio!r}"
-        )
-    ratio, align = int(sampling_ratio), bool(aligned)
+    ratio = check_int_range(
+        "sampling_ratio", sampling_ratio, INT64_MIN, INT64_MAX, fix="<= 0 means adaptive"
+    )
+    align = bool(aligned)
     on_gpu = device_rois("roi_align", features, rois, output_size, spatial_scale, backend)
     if on_gpu is not None:
+        # The RoIs' values stay on the GPU, so only a fixed ratio's sample count is checked.
+        _fixed_ratio_samples(on_gpu[0], on_gpu[1], ratio)
         cuda_align = kernel_module("cuda", "roi_align")
         return cuda_align.roi_align(
             features, rois, on_gpu[:2], float(on_gpu[2]), ratio, align
@@ -292,8 +416,9 @@ def roi_align(
     fmap, r, batch, scale, pooled_h, pooled_w = validate_rois(
         features, rois, output_size, spatial_scale, backend
     )
-    if r.shape[0] == 0:
-        return np.zeros((0, pooled_h, pooled_w, fmap.shape[3]), dtype=np.float32)
+    check_samples(r, scale, pooled_h, pooled_w, ratio, align, fmap.shape[3])
+    if r.shape[0] == 0 or fmap.shape[3] == 0:  # nothing to compute
+        return np.zeros((r.shape[0], pooled_h, pooled_w, fmap.shape[3]), dtype=np.float32)
     if backend == "numpy":
         return _roi_align_reference(fmap, r, batch, scale, pooled_h, pooled_w, ratio, align)
     return _RUNNERS[backend](fmap, r, batch, scale, (pooled_h, pooled_w), ratio, align)

@@ -106,7 +106,8 @@ def roi_pool(
         rois: ``[K, 5]`` ``(batch_index, x1, y1, x2, y2)``, finite, input-image pixels;
             ``batch_index`` a whole number in ``[0, N)``; ``|coordinate * spatial_scale|`` at
             most ``2**24``.
-        output_size: ``(pooled_h, pooled_w)`` positive ints (an int means square).
+        output_size: ``(pooled_h, pooled_w)`` positive ints (an int means square), each at
+            most ``2**63 - 1``.
         spatial_scale: finite, > 0, used as float32.
         backend: ``"cpu"`` (Numba, parallel over RoIs), ``"numpy"`` (reference) or ``"cuda"``
             (``npfrcnn.kernels.cuda.roi_pool``; a clear error where it cannot run).
@@ -119,11 +120,13 @@ def roi_pool(
     -FLT_MAX, as torchvision's does).
 
     Returns:
-        float32 ``[K, pooled_h, pooled_w, C]``; ``K == 0`` gives an empty array of that shape.
+        float32 ``[K, pooled_h, pooled_w, C]``; ``K == 0`` or ``C == 0`` gives an empty array
+        of that shape.
 
     Raises:
         ValueError: as ``roi_align`` (wrong rank or shape, non-real dtype, non-finite RoIs, bad
-            batch index, coordinates beyond ``2**24``, non-positive sizes or scale, backend).
+            batch index, coordinates beyond ``2**24``, non-positive sizes or scale, a result
+            larger than the machine's memory, backend).
     """
     on_gpu = device_rois("roi_pool", features, rois, output_size, spatial_scale, backend)
     if on_gpu is not None:
@@ -132,8 +135,8 @@ def roi_pool(
     fmap, r, batch, scale, pooled_h, pooled_w = validate_rois(
         features, rois, output_size, spatial_scale, backend
     )
-    if r.shape[0] == 0:
-        return np.zeros((0, pooled_h, pooled_w, fmap.shape[3]), dtype=np.float32)
+    if r.shape[0] == 0 or fmap.shape[3] == 0:  # nothing to compute
+        return np.zeros((r.shape[0], pooled_h, pooled_w, fmap.shape[3]), dtype=np.float32)
     if backend == "numpy":
         return _roi_pool_reference(fmap, r, batch, scale, pooled_h, pooled_w)
     return _RUNNERS[backend](fmap, r, batch, scale, (pooled_h, pooled_w))
