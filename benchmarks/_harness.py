@@ -8,13 +8,12 @@ the reference is measured in the same run.
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from npfrcnn._io import atomic_write
 from npfrcnn.bench import timing as _timing
 
 
@@ -80,10 +79,8 @@ def replace_section(path: Path, heading: str, body: str) -> None:
             (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
         )
         text = "".join(lines[:start]) + new_block + "".join(lines[end:])
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    with atomic_write(path) as f:  # npfrcnn's one atomic writer
         f.write(text.rstrip() + "\n")
-    os.replace(tmp, path)
 
 
 def log(msg: str) -> None:

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from npfrcnn._io import atomic_write
 from npfrcnn.bench import BenchConfig, RoiConfig, execute, plan
 from npfrcnn.bench.impls import UsageError
 from npfrcnn.bench.report import Record, Report
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table)
     if args.out:
-        with open(args.out, "w") as f:
+        with atomic_write(args.out) as f:
             f.write(table + "\n")
     if args.write:
         if args.smoke or args.quick:

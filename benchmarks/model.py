@@ -79,6 +79,8 @@ from typing import Any
 
 import numpy as np
 
+from npfrcnn._io import atomic_write
+
 STAGES = ("preprocess", "features", "rpn", "proposals", "roi_pool", "head", "detections")
 BACKENDS = ("numpy", "cpu", "tf", "torch")
 WORKSHOP = "workshop"
@@ -353,7 +355,7 @@ def child_main(args: argparse.Namespace) -> int:
     else:
         result = _run_npfrcnn(args.child, args.weights, image, args.runs, args.dets)
     result["peak_rss_kib"] = _vm_kib("VmHWM")
-    with open(args.result, "w") as f:
+    with atomic_write(args.result) as f:
         json.dump(result, f)
     return 0
 
@@ -843,7 +845,7 @@ def main_torchvision(args: argparse.Namespace, backends: list[str], argv: list[s
                         f"Whole model (CPU): {profile} vs torchvision", body)
         print("wrote benchmarks/RESULTS.md", file=sys.stderr)
     if args.json:
-        with open(args.json, "w") as f:
+        with atomic_write(args.json) as f:
             json.dump({"header": header, "results": results}, f, indent=2)
     return 1 if any("error" in r for r in results.values()) else 0
 
@@ -973,7 +975,7 @@ def main(argv: list[str] | None = None) -> int:
         replace_section(Path(__file__).with_name("RESULTS.md"), "Whole model (CPU)", body)
         print("wrote benchmarks/RESULTS.md", file=sys.stderr)
     if args.json:
-        with open(args.json, "w") as f:
+        with atomic_write(args.json) as f:
             json.dump({"header": header, "results": results}, f, indent=2)
     return 1 if any("error" in r for r in results.values()) else 0
 

@@ -154,30 +154,45 @@ def test_detect_without_weights_explains(
     assert "meaningless" in err
 
 
+def _usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run ``main(argv)``, expect argparse's usage error (exit 2), return stderr."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: npfrcnn")
+    assert "Traceback" not in err
+    return err
+
+
 @pytest.mark.parametrize(
     "opts, msg",
     [
-        (["--min-prob", "1.5"], "--min-prob must be in [0, 1]"),
-        (["--min-prob", "-0.1"], "--min-prob must be in [0, 1]"),
-        (["--max-detections", "0"], "--max-detections must be a positive integer"),
-        (["--max-pixels", "0"], "--max-pixels must be a positive integer"),
+        (["--min-prob", "1.5"], "argument --min-prob: must be in [0, 1], got 1.5"),
+        (["--min-prob", "5"], "argument --min-prob: must be in [0, 1], got 5"),
+        (["--min-prob", "-0.1"], "argument --min-prob: must be in [0, 1]"),
+        (["--min-prob", "nan"], "argument --min-prob: expected a finite number"),
+        (["--min-prob", "half"], "argument --min-prob: expected a number, got 'half'"),
+        (["--max-detections", "0"], "argument --max-detections: must be a positive integer"),
+        (["--max-detections", "2.5"], "argument --max-detections: expected a positive integer"),
+        (["--max-pixels", "0"], "argument --max-pixels: must be a positive integer"),
     ],
 )
 def test_detect_bad_option_values(
     fake: FakeModel, images: Path, capsys: pytest.CaptureFixture[str], opts: list[str], msg: str
 ) -> None:
-    assert main(["detect", str(images), "--weights", "w.h5", *opts]) == 2
-    assert msg in capsys.readouterr().err
-    assert fake.calls == []
+    assert msg in _usage_error(["detect", str(images), "--weights", "w.h5", *opts], capsys)
+    assert fake.calls == [] and "weights" not in fake.seen  # type: ignore[attr-defined]
 
 
 def test_detect_output_folder_missing(
     fake: FakeModel, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = tmp_path / "nope" / "out.jsonl"
-    assert main(["detect", str(images), "--weights", "w.h5", "--output", str(out)]) == 2
-    assert "does not exist" in capsys.readouterr().err
-    assert fake.calls == []
+    for opt in ("--output", "--coco"):
+        out = tmp_path / "nope" / "out.json"
+        err = _usage_error(["detect", str(images), "--weights", "w.h5", opt, str(out)], capsys)
+        assert f"argument {opt}" in err and f"folder {tmp_path / 'nope'} does not exist" in err
+    assert fake.calls == [] and os.listdir(tmp_path) == ["imgs"]
 
 
 def test_detect_no_inputs_found(
@@ -364,7 +379,7 @@ def test_detect_max_pixels(
 def test_detect_timing_summary(
     fake: FakeModel, images: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["detect", str(images), "--weights", "m.h5"]) == 0
+    assert main(["detect", str(images), "--weights", "m.h5", "--timings"]) == 0
     err = capsys.readouterr().err
     assert "timing over 3 image(s)" in err
     assert "first image" in err and "median of 2" in err
@@ -498,15 +513,19 @@ def test_detect_draw_folder_is_a_file(
 ) -> None:
     clash = tmp_path / "clash"
     clash.write_text("a file")
-    assert main(["detect", str(images), "--weights", "m.h5", "--draw", str(clash)]) == 2
-    assert "cannot create the folder" in capsys.readouterr().err
+    err = _usage_error(["detect", str(images), "--weights", "m.h5", "--draw", str(clash)], capsys)
+    assert f"argument --draw: {clash} is a file, not a folder" in err
+    err = _usage_error(
+        ["detect", str(images), "--weights", "m.h5", "--draw", str(clash / "sub")], capsys
+    )
+    assert f"cannot create folder {clash / 'sub'}: {clash} is a file, not a folder" in err
     assert fake.calls == []
 
 
 # --- atomic output ---------------------------------------------------------------------------
 
 
-def test_interrupt_leaves_previous_outputs(
+def test_interrupt_keeps_finished_images(
     fake: FakeModel, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out_dir = tmp_path / "out"
@@ -519,9 +538,12 @@ def test_interrupt_leaves_previous_outputs(
         "detect", str(images), "--weights", "m.h5", "-o", str(out), "--coco", str(coco)
     ])
     assert code == 130
-    assert "interrupted" in capsys.readouterr().err
-    assert out.read_text() == "old jsonl\n" and coco.read_text() == "old coco\n"
-    assert sorted(os.listdir(out_dir)) == ["r.json", "r.jsonl"]  # no temporary files left
+    err = capsys.readouterr().err
+    assert "interrupted after 1 of 3 image(s)" in err and "continue with --resume" in err
+    # The first image is kept, in both outputs; nothing else is left in the folder.
+    assert [r["path"] for r in _jsonl(out.read_text())] == [str(images / "a.png")]
+    assert [r["image_id"] for r in json.loads(coco.read_text())] == [0, 0]
+    assert sorted(os.listdir(out_dir)) == ["r.json", "r.jsonl", "r.jsonl.run.json"]
 
 
 def test_atomic_write_success_and_mode(tmp_path: Path) -> None:
@@ -717,7 +739,7 @@ def test_info_json_and_tensors(tiny_model: Path, capsys: pytest.CaptureFixture[s
     assert main(["info", str(tiny_model), "--tensors"]) == 0
     out = capsys.readouterr().out
     # 3x3 conv from block3's output (4 * base depth 4W = 64 channels) to rpn_depth 8W = 32.
-    assert "  rpn/conv/kernel: [3, 3, 64, 32]" in out
+    assert "  rpn/conv/kernel: 3 x 3 x 64 x 32\n" in out
 
 
 def test_info_detects_tampering(tiny_model: Path, tmp_path: Path,
