@@ -8,11 +8,22 @@ row or annotation and what is wrong):
   Every JPEG in ``train/`` is an image; those without a row have no boxes (Kaggle's convention).
   One class, ``"wheat"``, unless ``classes_from_source=True``: then the ``source`` column names
   the class (how :func:`make_synthetic` writes a multi-class set in this layout).
-* :func:`read_coco`: a COCO detection JSON (``images``, ``annotations``, ``categories``).
-  ``DIR/annotations.json`` by default, ``file_name`` relative to ``DIR`` (or ``DIR/images``).
-  Categories become 0-based classes in increasing ``id`` order; ``iscrowd`` annotations are
-  kept apart (``Sample.crowd``) and not trained on.
+* :func:`read_coco`: a COCO detection JSON (``images``, ``annotations``, ``categories``), such
+  as COCO's own ``instances_val2017.json``. ``DIR/annotations.json`` by default (or any JSON
+  file, ``annotations=``), ``file_name`` relative to ``DIR`` (or ``DIR/images``).
+  **Class ids**: categories become 0-based classes in increasing category ``id`` order
+  (ids 1, 3, 7 give classes 0, 1, 2 whatever their order in the file); a model is matched to
+  a dataset by class *name* (``npfrcnn eval``), never by index. Duplicate image, annotation or
+  category ids, two categories of one name and two images of one file are errors.
+  ``iscrowd`` annotations are kept apart (``Sample.crowd``, with their classes and areas) and
+  not trained on; the evaluators treat them as COCOeval does. An annotation's ``area`` (COCO:
+  the segmentation's area, which COCOeval's area ranges use) is kept in ``Sample.areas``.
 * :func:`read_folder`: every image file of a folder, for inference (no boxes).
+
+Every reader visits each file once: names are sorted, hidden files (``.name``) are skipped, and
+two names of one file (a symbolic or hard link, ``a`` and ``./a``) are one file (device and
+inode). The walks do not recurse, so a symbolic-link loop cannot trap them. A dataset without
+any image is an error (:class:`DataError`), not an empty dataset.
 
 Boxes are float32 ``(x1, y1, x2, y2)`` in pixel-edge coordinates: ``[x, y, w, h]`` becomes
 ``(x, y, x + w, y + h)``, the convention of the evaluators (``npfrcnn.evaluate``).
@@ -27,6 +38,7 @@ from __future__ import annotations
 import ast
 import csv
 import hashlib
+import io
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -44,6 +56,9 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "SYNTHETIC_CLASSES",
     "load_image",
+    "check_image_size",
+    "file_key",
+    "same_file",
     "read_wheat",
     "read_coco",
     "read_folder",
@@ -62,7 +77,23 @@ F32 = npt.NDArray[np.float32]
 
 
 class DataError(ValueError):
-    """A dataset problem; the message names the file and row or annotation."""
+    """A dataset problem; the message names the file and row or annotation, and the fix."""
+
+
+def file_key(path: str | os.PathLike[str]) -> tuple[Any, ...]:
+    """Identity of a file: ``(device, inode)`` (one key for every name of it: symbolic and
+    hard links, ``a`` and ``./a``); its normalised real path when it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+        return ("inode", st.st_dev, st.st_ino)
+    except OSError:
+        return ("path", os.path.normcase(os.path.realpath(path)))
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether ``a`` and ``b`` name the same file (:func:`file_key`); a path that does not
+    exist yet is compared by its real path."""
+    return file_key(a) == file_key(b)
 
 
 @dataclass
@@ -77,6 +108,9 @@ class Sample:
         boxes: float32 ``[G, 4]`` ``(x1, y1, x2, y2)``.
         classes: int64 ``[G]`` 0-based class ids.
         crowd: float32 ``[C, 4]`` COCO ``iscrowd`` boxes (not trained on; ignored regions).
+        crowd_classes: int64 ``[C]`` the class of each crowd box.
+        areas, crowd_areas: float32 ``[G]`` / ``[C]`` the annotations' ``area`` (COCO), or
+            None: the box areas ``w * h``.
     """
 
     image_id: str
@@ -86,17 +120,25 @@ class Sample:
     boxes: F32 = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     classes: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     crowd: F32 = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    crowd_classes: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    areas: F32 | None = None
+    crowd_areas: F32 | None = None
 
 
 @dataclass
 class Dataset:
-    """Samples plus the class names (index = 0-based class id) and where they came from."""
+    """Samples plus the class names (index = 0-based class id) and where they came from.
+
+    ``files`` are the annotation files read (``train.csv``, the COCO JSON): with the image
+    files, the inputs that no output may overwrite.
+    """
 
     samples: list[Sample]
     classes: list[str]
     root: Path
     format: str
     meta: dict[str, Any] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -105,18 +147,85 @@ class Dataset:
         return iter(self.samples)
 
 
+def _image_errors() -> tuple[type[BaseException], ...]:
+    """What Pillow raises for a file it cannot decode (corrupt, truncated, unknown, a
+    decompression bomb, unreadable)."""
+    from PIL import Image
+
+    return (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
 def load_image(path: str | os.PathLike[str]) -> npt.NDArray[np.uint8]:
-    """An image file as uint8 ``[H, W, 3]`` RGB. ``DataError`` naming the file if unreadable."""
-    from PIL import Image, UnidentifiedImageError
+    """An image file as uint8 ``[H, W, 3]`` RGB (``convert("RGB")``, stored orientation: the
+    pixel grid annotations refer to). ``DataError`` naming the file if it cannot be read."""
+    from PIL import Image
 
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"image file {str(p)!r} does not exist")
+        raise DataError(f"image file {str(p)!r} does not exist; check the dataset's file names")
     try:
         with Image.open(p) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"image file {str(p)!r} cannot be read as an image: {e}") from None
+    except _image_errors() as e:
+        raise DataError(
+            f"image file {str(p)!r} cannot be read as an image ({e}); replace or remove it"
+        ) from None
+
+
+def check_image_size(image: npt.NDArray[Any], sample: Sample) -> None:
+    """``DataError`` unless ``image`` (``[H, W, 3]``) has the size ``sample``'s annotation
+    states: boxes made for another size would give silently wrong training or metrics."""
+    if image.shape[:2] != (sample.height, sample.width):
+        raise DataError(
+            f"image {str(sample.path)!r} is {image.shape[1]}x{image.shape[0]} but its "
+            f"annotation says {sample.width}x{sample.height}; fix the annotation's width and "
+            "height (or the image)"
+        )
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` from the file's header; ``DataError`` naming the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return int(im.size[0]), int(im.size[1])
+    except _image_errors() as e:
+        raise DataError(
+            f"image file {str(path)!r} cannot be read ({e}); replace or remove it"
+        ) from None
+
+
+def _images_in(folder: Path, suffixes: Sequence[str]) -> list[Path]:
+    """The files of ``folder`` (not recursive) with one of ``suffixes`` (any case), hidden
+    names skipped, sorted by name, each file once (:func:`file_key`)."""
+    out: list[Path] = []
+    seen: set[tuple[Any, ...]] = set()
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.suffix.lower() not in suffixes:
+            continue
+        if not path.is_file():
+            continue
+        key = file_key(path)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(path)
+    return out
+
+
+def _check_distinct_files(samples: Sequence[Sample], where: str) -> None:
+    """Two samples must not be one image file (it would be counted twice)."""
+    seen: dict[tuple[Any, ...], Sample] = {}
+    for s in samples:
+        key = file_key(s.path)
+        if key in seen:
+            first = seen[key]
+            raise DataError(
+                f"{where}: images {first.image_id!r} ({str(first.path)!r}) and {s.image_id!r} "
+                f"({str(s.path)!r}) are the same file; keep one of them"
+            )
+        seen[key] = s
 
 
 def _positive_int(value: str, what: str, where: str) -> int:
@@ -174,7 +283,8 @@ def read_wheat(
 
     Raises:
         DataError: missing ``train.csv`` or column, malformed row (named by its line number),
-            inconsistent sizes for one image, or a row whose image file is missing.
+            inconsistent sizes for one image, a row whose image file is missing, two image ids
+            of one file, or no image at all.
     """
     root = Path(root)
     csv_path = root / "train.csv"
@@ -182,6 +292,16 @@ def read_wheat(
     if not csv_path.is_file():
         raise DataError(f"wheat layout: {str(csv_path)!r} does not exist (expected train.csv)")
     per_image: dict[str, dict[str, Any]] = {}
+    try:
+        _read_wheat_rows(csv_path, per_image)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{csv_path}: not a UTF-8 text file ({e}); save it as UTF-8 CSV") from None
+    except csv.Error as e:
+        raise DataError(f"{csv_path}: not a valid CSV file ({e})") from None
+    return _wheat_dataset(root, csv_path, img_dir, per_image, classes_from_source, check_files)
+
+
+def _read_wheat_rows(csv_path: Path, per_image: dict[str, dict[str, Any]]) -> None:
     with open(csv_path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         missing = [c for c in _WHEAT_COLUMNS if c not in (reader.fieldnames or [])]
@@ -214,6 +334,12 @@ def read_wheat(
                 )
             entry["boxes"].append(box)
             entry["sources"].append((row["source"] or "").strip())
+
+
+def _wheat_dataset(
+    root: Path, csv_path: Path, img_dir: Path, per_image: dict[str, dict[str, Any]],
+    classes_from_source: bool, check_files: bool,
+) -> Dataset:
     if classes_from_source:
         classes = sorted({s for e in per_image.values() for s in e["sources"]})
         if "" in classes:
@@ -236,18 +362,25 @@ def read_wheat(
             Sample(image_id, path, e["width"], e["height"], _boxes_array(e["boxes"]),
                    np.asarray(cls, dtype=np.int64))
         )
+    if check_files:
+        _check_distinct_files(samples, str(csv_path))
     # Images without any row have no boxes (Kaggle ships some); their size comes from the file.
+    # Each file once: a second name of an annotated image is that image, not a new one.
     if img_dir.is_dir():
-        from PIL import Image
-
-        for path in sorted(img_dir.glob("*.jpg")):
-            if path.stem in per_image:
+        seen = {file_key(s.path) for s in samples}
+        for path in _images_in(img_dir, (".jpg",)):
+            if path.suffix != ".jpg" or path.stem in per_image or file_key(path) in seen:
                 continue
-            with Image.open(path) as im:
-                w, h = im.size
+            seen.add(file_key(path))
+            w, h = _image_size(path)
             samples.append(Sample(path.stem, path, w, h))
         samples.sort(key=lambda s: s.image_id)
-    return Dataset(samples, classes, root, "wheat", _read_meta(root))
+    if not samples:
+        raise DataError(
+            f"wheat layout: {str(csv_path)!r} has no rows and {str(img_dir)!r} no .jpg image: "
+            "the dataset is empty"
+        )
+    return Dataset(samples, classes, root, "wheat", _read_meta(root), [csv_path])
 
 
 # COCO ---------------------------------------------------------------------------------------
@@ -259,72 +392,119 @@ def read_coco(
     annotations: str | os.PathLike[str] | None = None,
     check_files: bool = True,
 ) -> Dataset:
-    """Read a COCO detection JSON.
+    """Read a COCO detection JSON (module docstring).
 
     Args:
         root: dataset folder; image ``file_name`` is looked up relative to it, then to
             ``root/images``.
-        annotations: the JSON file; default ``root/annotations.json``.
-        check_files: require every image file to exist.
+        annotations: the JSON file (e.g. COCO's ``instances_val2017.json``); default
+            ``root/annotations.json``.
+        check_files: require every image file to exist (and two images not to be one file).
 
     Returns:
         A :class:`Dataset` in the JSON's image order; class ids follow increasing category id.
 
     Raises:
-        DataError: unreadable JSON, a missing key, an annotation with a bad bbox or an unknown
-            image or category (named by its index and id), or a missing image file.
+        DataError: unreadable JSON, a missing key, an annotation with a bad bbox or area or an
+            unknown image or category (named by its index and id), duplicate image,
+            annotation or category ids, two categories of one name, two images of one file,
+            a missing image file, or no image at all.
     """
     root = Path(root)
     ann_path = Path(annotations) if annotations is not None else root / "annotations.json"
     if not ann_path.is_file():
-        raise DataError(f"COCO layout: {str(ann_path)!r} does not exist")
+        what = "is a folder, not a JSON file" if ann_path.is_dir() else "does not exist"
+        raise DataError(f"COCO layout: {str(ann_path)!r} {what}")
     try:
         with open(ann_path, encoding="utf-8") as f:
             doc = json.load(f)
+    except UnicodeDecodeError:
+        raise DataError(
+            f"{ann_path}: not a UTF-8 JSON file; give a COCO annotations file"
+        ) from None
     except json.JSONDecodeError as e:
         raise DataError(f"{ann_path}: not valid JSON: {e}") from None
     for key in ("images", "annotations", "categories"):
         if not isinstance(doc, dict) or not isinstance(doc.get(key), list):
-            raise DataError(f"{ann_path}: needs a list under {key!r}")
+            raise DataError(
+                f"{ann_path}: needs a list under {key!r} (a COCO annotations file, not a "
+                "results file)"
+            )
     cats: dict[int, str] = {}
+    names: dict[str, int] = {}
     for i, c in enumerate(doc["categories"]):
         try:
-            cats[int(c["id"])] = str(c["name"])
+            cid, name = _int_id(c["id"]), str(c["name"])
         except (KeyError, TypeError, ValueError):
             raise DataError(f"{ann_path}: categories[{i}] needs an integer id and a name") from None
+        if cid in cats:
+            raise DataError(
+                f"{ann_path}: categories[{i}]: duplicate category id {cid} ({cats[cid]!r} and "
+                f"{name!r}); give every category its own id"
+            )
+        if name in names:
+            raise DataError(
+                f"{ann_path}: categories[{i}]: categories {names[name]} and {cid} are both "
+                f"named {name!r}; classes are matched by name, so names must be distinct"
+            )
+        cats[cid] = name
+        names[name] = cid
     cat_ids = sorted(cats)
     cat_index = {cid: i for i, cid in enumerate(cat_ids)}
     images: dict[int, Sample] = {}
     order: list[int] = []
     for i, im in enumerate(doc["images"]):
         where = f"{ann_path}: images[{i}]"
+        if not isinstance(im, dict):
+            raise DataError(f"{where} must be an object with id, file_name, width, height")
         try:
-            iid = int(im["id"])
+            iid = _int_id(im["id"])
             name = str(im["file_name"])
         except (KeyError, TypeError, ValueError):
             raise DataError(f"{where} needs an integer id and a file_name") from None
+        if iid in images:
+            raise DataError(f"{where}: duplicate image id {iid}; give every image its own id")
         width = _positive_int(im.get("width", ""), "width", where)
         height = _positive_int(im.get("height", ""), "height", where)
         path = root / name
         if not path.is_file() and (root / "images" / name).is_file():
             path = root / "images" / name
         if check_files and not path.is_file():
-            raise DataError(f"{where} (id {iid}): image file {str(path)!r} is missing")
-        if iid in images:
-            raise DataError(f"{where}: duplicate image id {iid}")
+            raise DataError(
+                f"{where} (id {iid}): image file {str(path)!r} is missing; give the image "
+                "folder (--images DIR) or fix file_name"
+            )
         images[iid] = Sample(str(iid), path, width, height)
         order.append(iid)
-    boxes: dict[int, list[list[float]]] = {k: [] for k in images}
-    classes: dict[int, list[int]] = {k: [] for k in images}
-    crowd: dict[int, list[list[float]]] = {k: [] for k in images}
+    if not images:
+        raise DataError(f"{ann_path}: 'images' is empty: the dataset has no image")
+    if check_files:
+        _check_distinct_files([images[i] for i in order], str(ann_path))
+    per: dict[int, dict[str, list[Any]]] = {
+        k: {"boxes": [], "classes": [], "areas": [], "crowd": [], "crowd_classes": [],
+            "crowd_areas": []}
+        for k in images
+    }
+    ann_ids: dict[int, int] = {}
     for i, a in enumerate(doc["annotations"]):
         ann_id = a.get("id", "?") if isinstance(a, dict) else "?"
         where = f"{ann_path}: annotations[{i}] (id {ann_id})"
         if not isinstance(a, dict):
             raise DataError(f"{where} must be an object")
+        if "id" in a:
+            try:
+                aid = _int_id(a["id"])
+            except (TypeError, ValueError):
+                raise DataError(f"{where}: id must be an integer") from None
+            if aid in ann_ids:
+                raise DataError(
+                    f"{where}: duplicate annotation id {aid} (also annotations[{ann_ids[aid]}]); "
+                    "give every annotation its own id"
+                )
+            ann_ids[aid] = i
         try:
-            iid = int(a["image_id"])
-            cid = int(a["category_id"])
+            iid = _int_id(a["image_id"])
+            cid = _int_id(a["category_id"])
         except (KeyError, TypeError, ValueError):
             raise DataError(f"{where} needs integer image_id and category_id") from None
         if iid not in images:
@@ -333,40 +513,68 @@ def read_coco(
             raise DataError(f"{where}: category_id {cid} is not in categories")
         s = images[iid]
         box = _xywh(a.get("bbox"), s.width, s.height, where)
-        if a.get("iscrowd", 0):
-            crowd[iid].append(box)
+        area = a.get("area")
+        if area is None:
+            area = (box[2] - box[0]) * (box[3] - box[1])
         else:
-            boxes[iid].append(box)
-            classes[iid].append(cat_index[cid])
+            try:
+                area = float(area)
+            except (TypeError, ValueError):
+                raise DataError(f"{where}: area must be a number, got {area!r}") from None
+            if not (np.isfinite(area) and area >= 0):
+                raise DataError(f"{where}: area must be a finite number >= 0, got {area!r}")
+        p = per[iid]
+        if a.get("iscrowd", 0):
+            p["crowd"].append(box)
+            p["crowd_classes"].append(cat_index[cid])
+            p["crowd_areas"].append(area)
+        else:
+            p["boxes"].append(box)
+            p["classes"].append(cat_index[cid])
+            p["areas"].append(area)
     for iid, s in images.items():
-        s.boxes = _boxes_array(boxes[iid])
-        s.classes = np.asarray(classes[iid], dtype=np.int64)
-        s.crowd = _boxes_array(crowd[iid])
+        p = per[iid]
+        s.boxes = _boxes_array(p["boxes"])
+        s.classes = np.asarray(p["classes"], dtype=np.int64)
+        s.areas = np.asarray(p["areas"], dtype=np.float32)
+        s.crowd = _boxes_array(p["crowd"])
+        s.crowd_classes = np.asarray(p["crowd_classes"], dtype=np.int64)
+        s.crowd_areas = np.asarray(p["crowd_areas"], dtype=np.float32)
     return Dataset(
-        [images[i] for i in order], [cats[c] for c in cat_ids], root, "coco", _read_meta(root)
+        [images[i] for i in order], [cats[c] for c in cat_ids], root, "coco", _read_meta(root),
+        [ann_path],
     )
 
 
+def _int_id(v: Any) -> int:
+    """A JSON id: an integer (or an integral float such as ``3.0``); ``ValueError`` else."""
+    if isinstance(v, bool):
+        raise ValueError(v)
+    if isinstance(v, float):
+        if not v.is_integer():
+            raise ValueError(v)
+        return int(v)
+    if isinstance(v, int):
+        return v
+    if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+        return int(v)
+    raise ValueError(v)
+
+
 def read_folder(root: str | os.PathLike[str]) -> Dataset:
-    """Every image file (``IMAGE_SUFFIXES``) directly in ``root``, sorted by name, no boxes.
+    """Every image file (``IMAGE_SUFFIXES``, any case) directly in ``root``, no boxes.
 
-    Sizes are read from the files. ``DataError`` if the folder is missing or has no image.
+    Sorted by name, hidden files skipped, each file once (module docstring); a sample's
+    ``image_id`` is its file name (``a.jpg`` and ``a.png`` are two images). Sizes are read
+    from the files. ``DataError`` if the folder is missing, has no image, or one is unreadable.
     """
-    from PIL import Image, UnidentifiedImageError
-
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder {str(root)!r} does not exist")
     samples = []
-    for path in sorted(root.iterdir()):
-        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
-            continue
-        try:
-            with Image.open(path) as im:
-                w, h = im.size
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"image file {str(path)!r} cannot be read: {e}") from None
-        samples.append(Sample(path.stem, path, w, h))
+    for path in _images_in(root, IMAGE_SUFFIXES):
+        w, h = _image_size(path)
+        samples.append(Sample(path.name, path, w, h))
     if not samples:
         raise DataError(
             f"image folder {str(root)!r} has no image files ({', '.join(IMAGE_SUFFIXES)})"
@@ -378,7 +586,7 @@ def read_dataset(root: str | os.PathLike[str], format: str, **kwargs: Any) -> Da
     """Dispatch on ``format``: ``"wheat"``, ``"coco"`` or ``"folder"``."""
     readers = {"wheat": read_wheat, "coco": read_coco, "folder": read_folder}
     if format not in readers:
-        raise ValueError(f"format must be one of {sorted(readers)}, got {format!r}")
+        raise DataError(f"format must be one of {sorted(readers)}, got {format!r}")
     return readers[format](root, **kwargs)  # type: ignore[operator]
 
 
@@ -531,15 +739,21 @@ def make_synthetic(
     ``read_wheat(..., classes_from_source=True)``), ``out_dir/annotations.json`` (COCO, ids
     1..3 = :data:`SYNTHETIC_CLASSES`, ``file_name`` ``train/<image_id>.jpg``) and
     ``out_dir/synthetic.json`` (the generator's seed and settings). JPEG quality 95; the
-    boxes come from the drawn pixels, not from the JPEG.
+    boxes come from the drawn pixels, not from the JPEG. Every file is written atomically
+    (:func:`npfrcnn._io.atomic_write`). ``DataError`` for ``n < 1``, ``size < 32`` or an
+    unknown layout.
     """
     from PIL import Image
 
+    from npfrcnn._io import atomic_write
+
     for layout in layouts:
         if layout not in ("wheat", "coco"):
-            raise ValueError(f"layouts must be 'wheat' and/or 'coco', got {layout!r}")
+            raise DataError(f"layouts must be 'wheat' and/or 'coco', got {layout!r}")
     if n < 1:
-        raise ValueError(f"n must be a positive number of images, got {n!r}")
+        raise DataError(f"n must be a positive number of images, got {n!r}")
+    if size < 32:
+        raise DataError(f"size must be at least 32 pixels, got {size!r}")
     out = Path(out_dir)
     (out / "train").mkdir(parents=True, exist_ok=True)
     rows: list[list[Any]] = []
@@ -548,7 +762,8 @@ def make_synthetic(
     for i in range(n):
         image, boxes, classes = synthetic_sample(seed, i, size, max_objects)
         image_id = f"s{seed}_{i:05d}"
-        Image.fromarray(image).save(out / "train" / f"{image_id}.jpg", quality=95)
+        with atomic_write(out / "train" / f"{image_id}.jpg", "wb") as f:
+            Image.fromarray(image).save(f, format="JPEG", quality=95)
         images.append(
             {"id": i + 1, "file_name": f"train/{image_id}.jpg", "width": size, "height": size}
         )
@@ -560,18 +775,22 @@ def make_synthetic(
                 "area": xywh[2] * xywh[3], "iscrowd": 0,
             })
     if "wheat" in layouts:
-        with open(out / "train.csv", "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(_WHEAT_COLUMNS)
-            w.writerows(rows)
+        text = io.StringIO(newline="")
+        w = csv.writer(text)  # csv's own line endings, as open(..., newline="") keeps them
+        w.writerow(_WHEAT_COLUMNS)
+        w.writerows(rows)
+        with atomic_write(out / "train.csv", "wb") as f:
+            f.write(text.getvalue().encode("utf-8"))
     if "coco" in layouts:
         doc = {
             "images": images,
             "annotations": anns,
             "categories": [{"id": k + 1, "name": c} for k, c in enumerate(SYNTHETIC_CLASSES)],
         }
-        (out / "annotations.json").write_text(json.dumps(doc), encoding="utf-8")
+        with atomic_write(out / "annotations.json", "w") as f:
+            f.write(json.dumps(doc))
     meta = {"generator": "npfrcnn.data.make_synthetic", "seed": int(seed), "n": int(n),
             "size": int(size), "max_objects": int(max_objects)}
-    (out / "synthetic.json").write_text(json.dumps(meta, sort_keys=True), encoding="utf-8")
+    with atomic_write(out / "synthetic.json", "w") as f:
+        f.write(json.dumps(meta, sort_keys=True))
     return out

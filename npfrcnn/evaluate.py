@@ -51,6 +51,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "EvaluationError",
     "AREA_RANGES",
     "IOU_THRESHOLDS",
     "RECALL_THRESHOLDS",
@@ -93,6 +94,11 @@ STAT_NAMES = (
 FloatArray = npt.NDArray[np.float64]
 
 
+class EvaluationError(ValueError):
+    """Inputs the metrics cannot use (shapes, non-finite values, mismatched lengths); the
+    message names the argument and the fix."""
+
+
 # --------------------------------------------------------------------------- input handling
 
 
@@ -101,13 +107,13 @@ def _boxes_xywh(name: str, value: Any, box_format: str) -> FloatArray:
     if arr.size == 0:
         arr = arr.reshape(0, 4)
     if arr.ndim != 2 or arr.shape[1] != 4:
-        raise ValueError(f"{name} must be [N, 4], got shape {list(arr.shape)}")
+        raise EvaluationError(f"{name} must be [N, 4], got shape {list(arr.shape)}")
     if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains non-finite values; remove them before evaluating")
+        raise EvaluationError(f"{name} contains non-finite values; remove them before evaluating")
     if box_format == "xyxy":
         arr = np.stack([arr[:, 0], arr[:, 1], arr[:, 2] - arr[:, 0], arr[:, 3] - arr[:, 1]], axis=1)
     elif box_format not in ("xywh", "asis"):
-        raise ValueError(f"box_format must be 'xyxy' or 'xywh', got {box_format!r}")
+        raise EvaluationError(f"box_format must be 'xyxy' or 'xywh', got {box_format!r}")
     return arr
 
 
@@ -118,12 +124,12 @@ def _vector(name: str, value: Any, n: int, dtype: npt.DTypeLike, default: Any) -
     if arr.size == 0:
         arr = arr.reshape(0)
     if arr.shape != (n,):
-        raise ValueError(f"{name} must have shape [{n}] (one per box), got {list(arr.shape)}")
+        raise EvaluationError(f"{name} must have shape [{n}] (one per box), got {list(arr.shape)}")
     if np.dtype(dtype).kind == "i" and arr.size and arr.dtype.kind not in "iub":
         if not (arr.dtype.kind == "f" and np.all(arr == np.round(arr))):
-            raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}")
+            raise EvaluationError(f"{name} must hold integers, got dtype {arr.dtype}")
     if np.dtype(dtype).kind == "f" and arr.size and not np.isfinite(arr.astype(np.float64)).all():
-        raise ValueError(f"{name} contains non-finite values")
+        raise EvaluationError(f"{name} contains non-finite values")
     return arr.astype(dtype)
 
 
@@ -146,7 +152,7 @@ def _images(
     box_format: str,
 ) -> list[_Image]:
     if len(ground_truth) != len(detections):
-        raise ValueError(
+        raise EvaluationError(
             f"ground_truth has {len(ground_truth)} images but detections has "
             f"{len(detections)}; pass one entry per image to both (empty dicts are fine)"
         )
@@ -157,9 +163,9 @@ def _images(
         db = _boxes_xywh(f"detections[{i}]['boxes']", dt.get("boxes"), box_format)
         d = db.shape[0]
         if g and gt.get("classes") is None:
-            raise ValueError(f"ground_truth[{i}] has boxes but no 'classes'")
+            raise EvaluationError(f"ground_truth[{i}] has boxes but no 'classes'")
         if d and (dt.get("classes") is None or dt.get("scores") is None):
-            raise ValueError(f"detections[{i}] has boxes but no 'classes' or 'scores'")
+            raise EvaluationError(f"detections[{i}] has boxes but no 'classes' or 'scores'")
         area = gt.get("area")
         out.append(
             _Image(
@@ -469,7 +475,7 @@ def coco_metrics_from_json(
     for j, res in enumerate(results):
         iid = int(res["image_id"])
         if iid not in index:
-            raise ValueError(
+            raise EvaluationError(
                 f"results[{j}] has image_id {iid}, which is not among the dataset's images; "
                 "COCOeval refuses such results too"
             )
@@ -502,7 +508,7 @@ def voc_ap(
     rec = np.asarray(recall, dtype=np.float64).reshape(-1)
     prec = np.asarray(precision, dtype=np.float64).reshape(-1)
     if rec.shape != prec.shape:
-        raise ValueError(f"recall and precision must match, got {rec.shape} and {prec.shape}")
+        raise EvaluationError(f"recall and precision must match, got {rec.shape} and {prec.shape}")
     if use_07_metric:
         ap = 0.0
         for t in np.arange(0.0, 1.1, 0.1):
@@ -575,7 +581,7 @@ def voc_metrics(
         :class:`VocMetrics`.
     """
     if not (0.0 <= float(iou_threshold) <= 1.0):
-        raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold!r}")
+        raise EvaluationError(f"iou_threshold must be in [0, 1], got {iou_threshold!r}")
     images = _images(ground_truth, detections, "asis")  # VOC works on xyxy as given
     one = 1.0 if plus_one else 0.0
     if classes is None:

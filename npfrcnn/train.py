@@ -41,6 +41,24 @@ the end, and on ``KeyboardInterrupt`` between steps) hold the weights, the Adam 
 the step; :func:`train` with ``resume=True`` continues from there. The data order,
 augmentation and target sampling of step ``s`` depend only on ``(seed, s)``, and TF op
 determinism is on by default, so a resumed run reproduces an uninterrupted one bit for bit.
+A fresh run (``resume=False``) refuses to replace an existing checkpoint unless
+``overwrite=True``: that checkpoint may be hours of work.
+
+Metrics (``metrics=``, the CLI's ``OUT.metrics.jsonl``): JSON Lines, one object per logged
+step (every ``log_every`` steps and the last), appended and fsynced as the step ends, so a
+killed run keeps every finished line::
+
+    {"step": 120, "losses": {"rpn_cls": ..., "rpn_box": ..., "cls": ..., "box": ...,
+     "total": ...}, "lr": 0.00099, "time": 1718000000.123, "elapsed_s": 61.2, "step_s": 0.48}
+
+``step`` counts the steps done (1-based, as the checkpoint's step), ``losses`` are that step's
+own (not smoothed), ``lr`` the learning rate it used, ``time`` the Unix time it ended,
+``elapsed_s`` the seconds since this call started and ``step_s`` the step's duration. A fresh
+run starts the file empty; a resumed run keeps the lines up to the checkpoint's step (steps
+past it are redone, so their old lines are dropped, atomically) and appends after them.
+
+Everything a user can get wrong raises :class:`TrainError` or
+:class:`npfrcnn.data.DataError` (both ``ValueError``) with the fix in the message.
 """
 
 from __future__ import annotations
@@ -48,8 +66,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -60,8 +78,17 @@ import numpy as np
 import numpy.typing as npt
 
 from npfrcnn import losses as L
+from npfrcnn._io import atomic_write
 from npfrcnn.config import STANDARD_UNITS, ModelConfig, workshop
-from npfrcnn.data import Dataset, Sample, dataset_sha256, load_image
+from npfrcnn.data import (
+    DataError,
+    Dataset,
+    Sample,
+    check_image_size,
+    dataset_sha256,
+    load_image,
+    same_file,
+)
 from npfrcnn.targets import (
     AnchorTargetConfig,
     ProposalTargetConfig,
@@ -70,12 +97,19 @@ from npfrcnn.targets import (
 )
 
 __all__ = [
+    "TrainError",
     "TrainConfig",
     "units_for_depth",
     "small_config",
     "Trainer",
     "train",
 ]
+
+
+class TrainError(ValueError):
+    """A training run cannot start or go on (bad settings, a checkpoint that does not fit,
+    an output that would overwrite an input, a non-finite loss); the message says why and
+    what to do."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +132,12 @@ class TrainConfig:
         deterministic: ``tf.config.experimental.enable_op_determinism()`` (process-wide), so
             that a run, and a resumed run, reproduce bit for bit; without it TF's threaded CPU
             reductions differ between runs in the last bits.
+
+    Raises:
+        TrainError: a count below 1 (``steps``, ``checkpoint_every``, the minibatches,
+            ``calibration_images``), a negative ``warmup`` or ``seed``, a learning rate that is
+            not a finite positive number, a negative or non-finite ``weight_decay`` or
+            ``anchor_border``, or ``final_lr_fraction`` outside [0, 1]; all at once.
     """
 
     steps: int = 1000
@@ -113,6 +153,43 @@ class TrainConfig:
     calibration_images: int = 8
     anchor_border: float = 0.0
     deterministic: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("steps", "checkpoint_every", "rpn_minibatch", "rcnn_minibatch",
+                     "calibration_images"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                problems.append(f"{name} must be a positive integer, got {v!r}")
+        for name in ("warmup", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                problems.append(f"{name} must be an integer >= 0, got {v!r}")
+
+        def number(name: str) -> float | None:
+            v = getattr(self, name)
+            try:
+                f = float(v)
+            except (TypeError, ValueError):
+                problems.append(f"{name} must be a number, got {v!r}")
+                return None
+            if not math.isfinite(f):
+                problems.append(f"{name} must be finite, got {v!r}")
+                return None
+            return f
+
+        lr = number("learning_rate")
+        if lr is not None and lr <= 0:
+            problems.append(f"learning_rate must be positive, got {self.learning_rate!r}")
+        for name in ("weight_decay", "anchor_border"):
+            v = number(name)
+            if v is not None and v < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        f = number("final_lr_fraction")
+        if f is not None and not 0 <= f <= 1:
+            problems.append(f"final_lr_fraction must be in [0, 1], got {f!r}")
+        if problems:
+            raise TrainError("TrainConfig: " + "; ".join(problems))
 
     def lr(self, step: int) -> float:
         """Learning rate of 0-based ``step``."""
@@ -130,7 +207,7 @@ def units_for_depth(depth: int) -> tuple[int, int, int, int]:
     if depth >= 14 and (depth - 2) % 12 == 0:
         u = (depth - 2) // 12
         return (u, u, u, u)
-    raise ValueError(
+    raise TrainError(
         f"depth must be 50, 101, 152 or 12 * u + 2 (14, 26, 38, ...), got {depth!r}"
     )
 
@@ -148,8 +225,9 @@ def small_config(
 ) -> ModelConfig:
     """A small ``workshop``-convention network for small images (the demo model's shape).
 
-    ResNet of ``depth`` with widths ``(w, 2w, 4w, 4w)`` (``root_depth = w``), RPN depth
-    ``8w``; by default anchors of 16, 32 and 64 pixels (base 32, scales 0.5..2, ratios
+    ResNet of ``depth`` with bottleneck widths ``(w, 2w, 4w, 8w)`` (``root_depth = w``), RPN
+    depth ``8w``: the meaning of ``npfrcnn random-model --width`` (``w = 64`` is the standard
+    ResNet); by default anchors of 16, 32 and 64 pixels (base 32, scales 0.5..2, ratios
     0.5..2, height / width) for objects of 14..60 pixels: set ``anchor_base_size`` (pixels),
     ``anchor_scales`` and ``anchor_ratios`` for other object sizes (the Kaggle wheat heads,
     20..150 pixels on 1,024-pixel photos, suit base 64 with scales 0.5..2, i.e. 32..128 pixels);
@@ -164,7 +242,7 @@ def small_config(
         num_classes=num_classes,
         units_per_block=units_for_depth(depth),
         root_depth=w,
-        base_depths=(w, 2 * w, 4 * w, 4 * w),
+        base_depths=(w, 2 * w, 4 * w, 8 * w),
         rpn_depth=8 * w,
         anchor_base_size=float(anchor_base_size),
         anchor_scales=tuple(float(v) for v in anchor_scales),
@@ -201,17 +279,9 @@ def _he_init(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:
 
 
 def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)  # type: ignore[arg-type]
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``np.savez`` into :func:`npfrcnn._io.atomic_write` (the folder must exist)."""
+    with atomic_write(path, "wb") as f:
+        np.savez(f, **arrays)  # type: ignore[arg-type]
 
 
 class Trainer:
@@ -278,7 +348,7 @@ class Trainer:
                 self.net.variables[p + "moving_variance"].assign(var)
             return original_bn(x, scope)
 
-        self.net._bn = bn
+        self.net._bn = bn  # type: ignore[method-assign]  # the trainer's calibrating BN
         original_conv = self.net._conv2d_same
 
         def conv(x: Any, kernel: Any, stride: int, rate: int) -> Any:
@@ -288,7 +358,7 @@ class Trainer:
                 return tf.nn.atrous_conv2d(x, kernel, rate, "SAME")
             return original_conv(x, kernel, stride, rate)
 
-        self.net._conv2d_same = conv
+        self.net._conv2d_same = conv  # type: ignore[method-assign]  # trainable dilation
 
     # Network pieces that return logits (TFReference returns probabilities) ------------------
 
@@ -301,11 +371,11 @@ class Trainer:
         return tf.reshape(cls, [-1, 2]), tf.reshape(bbox, [-1, 4])
 
     def _head_logits(self, pooled: Any) -> tuple[Any, Any]:
-        from npfrcnn.resnet import tail_units
+        from npfrcnn.weights.tf_reference import _slim_units
 
         tf, v = self.tf, self.net.variables
         net = pooled
-        for u in tail_units(self.config):
+        for u in _slim_units(self.config)[1]:  # block4, as the TF network defines it
             net = self.net._unit(net, u)
         feats = tf.reduce_mean(net, [1, 2])
         logits = tf.matmul(feats, v["rcnn/fc_classifier/kernel"]) + v["rcnn/fc_classifier/bias"]
@@ -338,16 +408,12 @@ class Trainer:
         flip by ``(seed, step)``. Images without boxes are skipped by the permutation."""
         usable = [i for i, s in enumerate(dataset.samples) if s.boxes.shape[0] > 0]
         if not usable:
-            raise ValueError("the training set has no image with a box")
+            raise DataError("the training set has no image with a box; annotate some images")
         epoch, k = divmod(step, len(usable))
         order = np.random.default_rng([self.tc.seed, 1, epoch]).permutation(len(usable))
         s: Sample = dataset.samples[usable[int(order[k])]]
         image = load_image(s.path)
-        if image.shape[:2] != (s.height, s.width):
-            raise ValueError(
-                f"image {str(s.path)!r} is {image.shape[1]}x{image.shape[0]} but its annotation "
-                f"says {s.width}x{s.height}"
-            )
+        check_image_size(image, s)
         boxes = s.boxes.copy()
         if self.tc.flip and np.random.default_rng([self.tc.seed, 2, step]).random() < 0.5:
             image = image[:, ::-1].copy()
@@ -486,30 +552,93 @@ class Trainer:
         _atomic_savez(Path(path), arrays)
 
     def load_checkpoint(self, path: str | os.PathLike[str]) -> dict[str, Any]:
-        """Restore what :meth:`save_checkpoint` wrote; returns its ``extra``."""
-        with np.load(path) as z:
-            for key in z.files:
-                kind, _, name = key.partition(":")
-                if kind == "w":
-                    self.net.variables[name].assign(z[key])
-                elif kind == "m":
-                    self.m[name].assign(z[key])
-                elif kind == "v":
-                    self.v[name].assign(z[key])
-            self.step_count = int(z["step"])
-            meta = json.loads(str(z["meta"]))
+        """Restore what :meth:`save_checkpoint` wrote; returns its ``extra``.
+
+        Raises:
+            TrainError: the file is not such a checkpoint, is damaged, or holds tensors of
+                other names or shapes than this network's (nothing is half-restored: every
+                tensor is checked before any is assigned).
+        """
+        fix = "start afresh without --resume (with --overwrite), or give the right --out"
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError, KeyError) as e:
+            raise TrainError(f"checkpoint {str(path)!r} cannot be read ({e}); {fix}") from None
+        meta = _meta_of(arrays, path)
+        if "step" not in arrays:
+            raise TrainError(f"checkpoint {str(path)!r} has no step; {fix}")
+        slots = {"w": self.net.variables, "m": self.m, "v": self.v}
+        problems = []
+        for key, a in arrays.items():
+            kind, _, name = key.partition(":")
+            if kind not in slots:
+                continue
+            target = slots[kind].get(name)
+            if target is None:
+                problems.append(f"unknown tensor {key}")
+            elif tuple(a.shape) != tuple(target.shape):
+                problems.append(f"{key} has shape {list(a.shape)}, the network {target.shape}")
+        missing = [f"{k}:{n}" for k in ("w", "m", "v")
+                   for n in (self.trainable if k != "w" else self.net.variables)
+                   if f"{k}:{n}" not in arrays]
+        if missing:
+            problems.append(f"{len(missing)} tensor(s) missing, e.g. {missing[0]}")
+        if problems:
+            raise TrainError(
+                f"checkpoint {str(path)!r} does not fit this network ({'; '.join(problems[:5])}"
+                f"); {fix}"
+            )
+        for key, a in arrays.items():
+            kind, _, name = key.partition(":")
+            if kind in slots:
+                slots[kind][name].assign(a)
+        self.step_count = int(arrays["step"])
         self.calibrated = True
-        return dict(meta)
+        return meta
+
+
+def _meta_of(arrays: dict[str, np.ndarray], path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        meta = json.loads(str(arrays["meta"]))
+    except (KeyError, ValueError):
+        raise TrainError(
+            f"{str(path)!r} is not an npfrcnn training checkpoint (no readable 'meta'); start "
+            "afresh without --resume, or give the right --out"
+        ) from None
+    if not isinstance(meta, dict):
+        raise TrainError(f"{str(path)!r}: its 'meta' is not a JSON object")
+    return dict(meta)
 
 
 def checkpoint_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``extra`` a checkpoint was saved with (dataset hash, train and model config)."""
-    with np.load(path) as z:
-        return dict(json.loads(str(z["meta"])))
+    """The ``extra`` a checkpoint was saved with (dataset hash, train and model config), and
+    its ``step``. ``TrainError`` if it is not a readable checkpoint."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in ("meta", "step") if k in z.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise TrainError(
+            f"checkpoint {str(path)!r} cannot be read ({e}); start afresh without --resume "
+            "(with --overwrite)"
+        ) from None
+    meta = _meta_of(arrays, path)
+    if "step" in arrays:
+        meta.setdefault("step", int(arrays["step"]))
+    return meta
+
+
+def _columns(stream: Any) -> int:
+    """Columns of the terminal ``stream`` writes to (80 if unknown)."""
+    try:
+        return max(20, os.get_terminal_size(stream.fileno()).columns)
+    except (AttributeError, OSError, ValueError):
+        return max(20, shutil.get_terminal_size((80, 24)).columns)
 
 
 class _Progress:
-    """A one-line progress bar on a stream (a line per ``every`` steps when not a TTY)."""
+    """A one-line progress bar on a TTY, cut to the terminal's width (one column left free,
+    so no terminal wraps it); elsewhere a line per ``every`` steps."""
 
     def __init__(self, total: int, start: int, stream: Any = None, every: int = 50) -> None:
         self.total, self.start = total, start
@@ -519,28 +648,78 @@ class _Progress:
         self.t0 = time.perf_counter()
         self.avg: dict[str, float] = {}
 
+    def line(self, step: int, columns: int | None = None) -> str:
+        """The status line of ``step``; at most ``columns - 1`` characters when given."""
+        done = step - self.start
+        rate = done / max(time.perf_counter() - self.t0, 1e-9)
+        eta = (self.total - step) / max(rate, 1e-9)
+        stats = (f"step {step}/{self.total} {rate:.1f} it/s eta {int(eta) // 60}m"
+                 f"{int(eta) % 60:02d}s")
+        losses = " ".join(f"{k} {v:.3f}" for k, v in self.avg.items())
+        if columns is None:
+            return f"{stats} {losses}"
+        room = columns - 1
+        width = max(0, min(24, room - len(stats) - 3 - 20))
+        fill = int(width * step / max(self.total, 1))
+        bar = f" [{'#' * fill}{'.' * (width - fill)}]" if width else ""
+        text = stats + bar
+        if len(text) + 1 + len(losses) <= room:
+            text += " " + losses
+        elif "total" in self.avg and len(text) + 12 <= room:
+            text += f" total {self.avg['total']:.3f}"
+        return text[:room]
+
     def update(self, step: int, losses: dict[str, float]) -> None:
         for k, v in losses.items():
             self.avg[k] = v if k not in self.avg else 0.95 * self.avg[k] + 0.05 * v
-        done = step - self.start
         if not self.tty and step % self.every and step != self.total:
             return
-        rate = done / max(time.perf_counter() - self.t0, 1e-9)
-        eta = (self.total - step) / max(rate, 1e-9)
-        width = 24
-        fill = int(width * step / max(self.total, 1))
-        parts = " ".join(f"{k} {v:.3f}" for k, v in self.avg.items())
-        line = (
-            f"step {step}/{self.total} [{'#' * fill}{'.' * (width - fill)}] {parts} "
-            f"{rate:.1f} it/s eta {int(eta) // 60}m{int(eta) % 60:02d}s"
-        )
         if self.tty:
-            self.stream.write("\r" + line)
+            self.stream.write("\r\x1b[K" + self.line(step, _columns(self.stream)))
             if step == self.total:
                 self.stream.write("\n")
         else:
-            self.stream.write(line + "\n")
+            self.stream.write(self.line(step) + "\n")
         self.stream.flush()
+
+    def close(self) -> None:
+        """End the bar's line (on a TTY) so that a message after it starts on its own."""
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _refuse_overwriting_inputs(dataset: Dataset, outputs: dict[str, Path]) -> None:
+    """``TrainError`` if an output would replace one of the dataset's files."""
+    inputs = [*dataset.files, *(s.path for s in dataset.samples)]
+    for what, out in outputs.items():
+        for p in inputs:
+            if same_file(out, p):
+                raise TrainError(
+                    f"{what} {str(out)!r} is the dataset's file {str(p)!r}: writing it would "
+                    "destroy an input; choose another --out"
+                )
+    names = list(outputs.items())
+    for i, (wa, a) in enumerate(names):
+        for wb, b in names[i + 1:]:
+            if same_file(a, b):
+                raise TrainError(f"{wa} and {wb} are the same file {str(a)!r}; give another one")
+
+
+def _metrics_lines(path: Path, upto: int) -> list[str]:
+    """The complete lines of an earlier metrics file whose ``step`` is at most ``upto``."""
+    from npfrcnn._io import read_lines
+
+    lines, _, _ = read_lines(path)
+    kept = []
+    for line in lines:
+        try:
+            step = json.loads(line).get("step")
+        except (ValueError, AttributeError):
+            continue  # not a record of ours: dropped
+        if isinstance(step, int) and step <= upto:
+            kept.append(line)
+    return kept
 
 
 def train(
@@ -550,74 +729,153 @@ def train(
     config: ModelConfig | None = None,
     train_config: TrainConfig | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     command: str | None = None,
     progress: bool = True,
     stream: Any = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    metrics: str | os.PathLike[str] | None = None,
+    log_every: int = 1,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train on ``dataset`` and export ``out`` (an npfrcnn HDF5 file).
 
     Args:
         dataset: from :mod:`npfrcnn.data` (boxes and 0-based classes).
-        out: destination ``.h5``; the checkpoint is ``out + ".ckpt.npz"``.
+        out: destination ``.h5``; the checkpoint is ``out + ".ckpt.npz"``. Its folder must
+            exist.
         config: model configuration; default :func:`small_config` for the dataset's classes.
         train_config: :class:`TrainConfig`.
-        resume: continue from the checkpoint (``FileNotFoundError`` if there is none).
+        resume: continue from the checkpoint (``TrainError`` if there is none, if it was
+            trained with another model configuration or dataset, or if it is past
+            ``train_config.steps``).
+        overwrite: a fresh run may replace an existing checkpoint (default: refused).
         command: the command line recorded in the provenance.
         progress: progress bar on ``stream`` (default stderr).
         on_step: called with ``(step, losses)`` after every step.
+        metrics: JSON Lines metrics file (module docstring); None: none.
+        log_every: a metrics line every this many steps (and at the last step).
+        log: called with one-line messages (the step resumed from); default: none.
 
     Returns:
         A summary: ``steps``, ``losses`` (one dict per step run in this call), ``out``,
-        ``provenance``.
+        ``provenance``, ``resumed_from`` (the checkpoint's step, or None).
+
+    Raises:
+        TrainError: see ``resume`` and ``overwrite``; an output that is one of the dataset's
+            files (annotations, images); a non-finite loss (the last checkpoint is kept).
+        DataError: an empty dataset, no image with a box, an image whose size disagrees
+            with its annotation.
     """
     tc = train_config if train_config is not None else TrainConfig()
     cfg = config if config is not None else small_config(len(dataset.classes))
+    say = log if log is not None else (lambda msg: None)
     if cfg.num_classes != len(dataset.classes):
-        raise ValueError(
+        raise TrainError(
             f"config.num_classes is {cfg.num_classes} but the dataset has "
             f"{len(dataset.classes)} classes {dataset.classes}"
         )
+    if len(dataset) == 0:
+        raise DataError(f"the dataset {str(dataset.root)!r} has no image")
+    if not any(s.boxes.shape[0] for s in dataset.samples):
+        raise DataError(
+            f"the dataset {str(dataset.root)!r} has no image with a box; nothing to train on"
+        )
+    if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
+        raise TrainError(f"log_every must be a positive integer, got {log_every!r}")
     out = Path(out)
     ckpt = Path(str(out) + ".ckpt.npz")
-    trainer = Trainer(cfg, dataset.classes, tc)
-    sha = dataset_sha256(dataset)
+    metrics_path = Path(metrics) if metrics is not None else None
+    outputs = {"the model (--out)": out, "the checkpoint": ckpt}
+    if metrics_path is not None:
+        outputs["the metrics file"] = metrics_path
+    _refuse_overwriting_inputs(dataset, outputs)
+    saved_meta: dict[str, Any] = {}
     if resume:
         if not ckpt.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint {str(ckpt)!r} to resume from")
-        saved: dict[str, Any] = checkpoint_meta(ckpt).get("config") or {}
+            raise TrainError(
+                f"--resume: no checkpoint {str(ckpt)!r} to resume from; start without --resume"
+            )
+        saved_meta = checkpoint_meta(ckpt)
+        saved: dict[str, Any] = saved_meta.get("config") or {}
         now = cfg.to_dict()
         changed = [k for k in sorted(now) if saved and saved.get(k) != now[k]]
         if changed:
             diff = "; ".join(f"{k} was {saved.get(k)!r}, now {now[k]!r}" for k in changed)
-            raise ValueError(
+            raise TrainError(
                 f"--resume: checkpoint {str(ckpt)!r} was trained with another model "
                 f"configuration ({diff}); resume with the options the run started with, or "
                 "start afresh without --resume"
             )
-        meta = trainer.load_checkpoint(ckpt)
-        if meta.get("dataset_sha256") != sha:
-            raise ValueError(
-                f"--resume: checkpoint {str(ckpt)!r} was trained on another dataset "
-                f"(sha256 {meta.get('dataset_sha256')}, this one {sha})"
+        at = int(saved_meta.get("step", 0))
+        if at > tc.steps:
+            raise TrainError(
+                f"--resume: checkpoint {str(ckpt)!r} is at step {at}, past --steps {tc.steps}; "
+                f"give --steps {at} or more"
             )
+    elif ckpt.exists() and not overwrite:
+        raise TrainError(
+            f"checkpoint {str(ckpt)!r} of an earlier run exists: continue it with --resume, or "
+            "start afresh with --overwrite (which replaces it)"
+        )
+    trainer = Trainer(cfg, dataset.classes, tc)
+    sha = dataset_sha256(dataset)
+    resumed_from: int | None = None
+    if resume:
+        if saved_meta.get("dataset_sha256") != sha:
+            raise TrainError(
+                f"--resume: checkpoint {str(ckpt)!r} was trained on another dataset "
+                f"(sha256 {saved_meta.get('dataset_sha256')}, this one {sha}); resume on the "
+                "dataset the run started with, or start afresh without --resume"
+            )
+        trainer.load_checkpoint(ckpt)
+        resumed_from = trainer.step_count
+        before = saved_meta.get("train_config") or {}
+        now_tc = asdict(tc)
+        differ = [f"{k} {before[k]!r} -> {now_tc[k]!r}" for k in sorted(now_tc)
+                  if k in before and before[k] != now_tc[k]]
+        say(f"resumed from step {resumed_from} of {tc.steps} (checkpoint {ckpt})"
+            + (f"; training settings changed: {', '.join(differ)}" if differ else ""))
     else:
         trainer.calibrate(dataset)
+    sink = None
+    if metrics_path is not None:
+        from npfrcnn._io import LineLog
+
+        if resume and metrics_path.is_file():
+            kept = _metrics_lines(metrics_path, trainer.step_count)
+            with atomic_write(metrics_path, "w") as f:
+                f.write("".join(line + "\n" for line in kept))
+            sink = LineLog(metrics_path, truncate=False)
+        else:
+            sink = LineLog(metrics_path, truncate=True)
     ckpt_meta = {"dataset_sha256": sha, "train_config": asdict(tc), "config": cfg.to_dict()}
     bar = _Progress(tc.steps, trainer.step_count, stream) if progress else None
     history = []
+    t_start = time.perf_counter()
     try:
         while trainer.step_count < tc.steps:
+            t_step = time.perf_counter()
+            lr = tc.lr(trainer.step_count)
             image, boxes, classes = trainer.example(dataset, trainer.step_count)
             losses = trainer.step(image, boxes, classes)
             if not all(math.isfinite(v) for v in losses.values()):
-                raise FloatingPointError(
+                raise TrainError(
                     f"non-finite loss at step {trainer.step_count}: {losses}; the last "
-                    f"checkpoint {str(ckpt)!r} is intact"
+                    f"checkpoint {str(ckpt)!r} is intact: resume from it with a lower --lr"
                 )
             history.append(losses)
             if trainer.step_count % tc.checkpoint_every == 0 or trainer.step_count == tc.steps:
                 trainer.save_checkpoint(ckpt, ckpt_meta)
+            t_end = time.perf_counter()
+            if sink is not None and (
+                trainer.step_count % log_every == 0 or trainer.step_count == tc.steps
+            ):
+                sink.write(json.dumps({
+                    "step": trainer.step_count, "losses": losses, "lr": lr,
+                    "time": round(time.time(), 3), "elapsed_s": round(t_end - t_start, 4),
+                    "step_s": round(t_end - t_step, 4),
+                }))
             if bar is not None:
                 bar.update(trainer.step_count, losses)
             if on_step is not None:
@@ -625,9 +883,18 @@ def train(
     except KeyboardInterrupt:
         # Ctrl-C: keep every completed step (unless it struck inside an update, where the
         # weights are half-updated; then the previous checkpoint stands).
+        if bar is not None:
+            bar.close()
         if not trainer.updating and trainer.step_count > 0:
             trainer.save_checkpoint(ckpt, ckpt_meta)
         raise
+    except BaseException:
+        if bar is not None:
+            bar.close()
+        raise
+    finally:
+        if sink is not None:
+            sink.close()
     provenance = {
         "source": "npfrcnn train (npfrcnn.train, TF reference network, npfrcnn targets/losses)",
         "source_sha256": None,
@@ -642,8 +909,11 @@ def train(
         "train_config": asdict(tc),
         "bn": "data-dependent init of moving statistics, then frozen; gamma/beta trained",
     }
+    if resumed_from is not None:
+        provenance["resumed_from_step"] = resumed_from
     from npfrcnn.weights.hdf5 import write
 
+    # weights.hdf5.write writes atomically itself (temporary file, then rename).
     write(out, cfg, dataset.classes, trainer.tensors(), provenance)
     return {"steps": trainer.step_count, "losses": history, "out": str(out),
-            "provenance": provenance}
+            "provenance": provenance, "resumed_from": resumed_from}

@@ -95,3 +95,40 @@ def test_bad_json_and_unknown_fields():
         workshop(depth=34)
     with pytest.raises(ValueError, match="unknown profile"):
         get_profile("nope")
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ('{"anchor_base_size": NaN}', "anchor_base_size = nan"),
+        ('{"min_prob": Infinity}', "min_prob = inf"),
+        ('{"anchor_scales": [0.5, -Infinity, 2.0]}', "anchor_scales[1] = -inf"),
+    ],
+)
+def test_non_finite_values_are_refused_at_load_naming_the_key(text, key):
+    from npfrcnn.config import config_from_json
+    from npfrcnn.config._base import ConfigError
+
+    for load in (ModelConfig.from_json, config_from_json):
+        with pytest.raises(ConfigError) as e:
+            load(text)
+        assert key in str(e.value)
+
+
+def test_weights_file_with_a_nan_config_is_refused(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    import json
+
+    from npfrcnn.weights.hdf5 import read
+    from npfrcnn.weights.random import make_random_model
+
+    cfg = workshop(units_per_block=(1, 1, 1, 1), num_classes=2, root_depth=2,
+                   base_depths=(2, 2, 2, 2), rpn_depth=4)
+    path = tmp_path / "m.h5"
+    make_random_model(path, cfg, seed=0)
+    d = json.loads(cfg.to_json())
+    d["rpn_nms_threshold"] = float("nan")
+    with h5py.File(path, "r+") as f:
+        f.attrs["config"] = json.dumps(d)  # json writes NaN as the bare token NaN
+    with pytest.raises(ValueError, match="rpn_nms_threshold = nan"):
+        read(path)

@@ -295,3 +295,102 @@ def test_make_synthetic_layouts_agree(tmp_path: Path) -> None:
     assert dataset_sha256(again) == dataset_sha256(coco)
     coco.samples[0].boxes[0, 0] += 1
     assert dataset_sha256(again) != dataset_sha256(coco)
+
+
+# Issue 12: each file once, stable ids, duplicates refused, empty datasets refused -------------
+
+
+def test_folder_reader_visits_each_file_once(tmp_path: Path) -> None:
+    _jpeg(tmp_path / "a.jpg", 8, 6)
+    _jpeg(tmp_path / "a.png", 5, 7)  # same stem, another image
+    (tmp_path / "b.jpg").symlink_to(tmp_path / "a.jpg")  # a second name of a.jpg
+    _jpeg(tmp_path / ".hidden.jpg", 4, 4)  # e.g. macOS ._ files
+    (tmp_path / "loop").symlink_to(tmp_path)  # a folder loop: not walked into
+    ds = read_folder(tmp_path)
+    assert [s.path.name for s in ds] == ["a.jpg", "a.png"]
+    assert [s.image_id for s in ds] == ["a.jpg", "a.png"]  # distinct ids
+
+
+def test_wheat_rowless_alias_is_not_a_second_image(tmp_path: Path) -> None:
+    root = _wheat(tmp_path, ['a,32,32,"[1, 2, 3, 4]",s'], {"a": (32, 32)})
+    (root / "train" / "z.jpg").symlink_to(root / "train" / "a.jpg")
+    ds = read_wheat(root)
+    assert [s.image_id for s in ds] == ["a"]
+    assert ds.files == [root / "train.csv"]
+
+
+def test_wheat_two_ids_of_one_file_and_empty(tmp_path: Path) -> None:
+    root = _wheat(tmp_path / "x", ['a,32,32,"[1, 2, 3, 4]",s', 'b,32,32,"[1, 2, 3, 4]",s'],
+                  {"a": (32, 32)})
+    (root / "train" / "b.jpg").symlink_to(root / "train" / "a.jpg")
+    with pytest.raises(DataError, match="are the same file"):
+        read_wheat(root)
+    empty = _wheat(tmp_path / "y", [], {})
+    with pytest.raises(DataError, match="the dataset is empty"):
+        read_wheat(empty)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d["categories"].append({"id": 7, "name": "cow"}), "duplicate category id 7"),
+        (lambda d: d["categories"].append({"id": 9, "name": "dog"}),
+         "categories 7 and 9 are both named 'dog'"),
+        (lambda d: d["images"].append({"id": 4, "file_name": "p.png", "width": 40,
+                                       "height": 30}), "duplicate image id 4"),
+        (lambda d: d["images"].append({"id": 5, "file_name": "./p.png", "width": 40,
+                                       "height": 30}), "are the same file"),
+        (lambda d: d["annotations"][2].update(id=1),
+         "duplicate annotation id 1 (also annotations[0])"),
+        (lambda d: d["images"].__setitem__(1, 4), "images[1] must be an object"),
+        (lambda d: d["annotations"][0].update(area=float("nan")), "area must be a finite"),
+        (lambda d: d.update(images=[], annotations=[]), "the dataset has no image"),
+    ],
+)
+def test_coco_duplicates_and_empty_are_errors(tmp_path: Path, edit, message: str) -> None:
+    _jpeg(tmp_path / "p.png", 40, 30)
+    _jpeg(tmp_path / "q.png", 20, 20)
+    doc = _doc()
+    edit(doc)
+    with pytest.raises(DataError) as e:
+        read_coco(_coco(tmp_path, doc))
+    assert message in str(e.value)
+
+
+def test_coco_keeps_crowd_classes_and_areas(tmp_path: Path) -> None:
+    _jpeg(tmp_path / "p.png", 40, 30)
+    _jpeg(tmp_path / "q.png", 20, 20)
+    doc = _doc()
+    doc["annotations"][0]["area"] = 12.5  # a segmentation's area, not the box's 50
+    ds = read_coco(_coco(tmp_path, doc), annotations=tmp_path / "annotations.json")
+    p, q = ds.samples
+    np.testing.assert_array_equal(p.crowd_classes, [0])  # the crowd box is a "cat" (id 3)
+    np.testing.assert_array_equal(p.areas, [12.5])
+    np.testing.assert_array_equal(p.crowd_areas, [1200.0])  # no area given: w * h
+    np.testing.assert_array_equal(q.areas, [16.0])
+    assert ds.files == [tmp_path / "annotations.json"]
+
+
+def test_coco_class_ids_follow_category_ids_not_file_order(tmp_path: Path) -> None:
+    _jpeg(tmp_path / "p.png", 40, 30)
+    _jpeg(tmp_path / "q.png", 20, 20)
+    doc = _doc()
+    doc["categories"] = [{"id": 7, "name": "dog"}, {"id": 1, "name": "ant"},
+                         {"id": 3, "name": "cat"}]
+    ds = read_coco(_coco(tmp_path, doc))
+    assert ds.classes == ["ant", "cat", "dog"]  # ids 1, 3, 7 -> classes 0, 1, 2
+    doc["categories"] = doc["categories"][::-1]
+    doc["images"] = doc["images"][::-1]
+    again = read_coco(_coco(tmp_path, doc))
+    assert again.classes == ds.classes
+    by_id = {s.image_id: s for s in again}
+    for s in ds:
+        np.testing.assert_array_equal(by_id[s.image_id].classes, s.classes)
+
+
+def test_bad_image_files_are_data_errors(tmp_path: Path) -> None:
+    (tmp_path / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)  # a truncated PNG
+    with pytest.raises(DataError, match="x.png"):
+        load_image(tmp_path / "x.png")
+    with pytest.raises(DataError, match="format must be one of"):
+        read_dataset(tmp_path, "voc")

@@ -12,10 +12,11 @@ import pytest
 pytest.importorskip("tensorflow")
 
 from npfrcnn import FasterRCNN  # noqa: E402
-from npfrcnn.data import load_image, make_synthetic, read_coco  # noqa: E402
+from npfrcnn.data import DataError, load_image, make_synthetic, read_coco  # noqa: E402
 from npfrcnn.train import (  # noqa: E402
     TrainConfig,
     Trainer,
+    TrainError,
     small_config,
     train,
     units_for_depth,
@@ -139,7 +140,7 @@ def test_dilated_training_convs_match_the_reference(tiny) -> None:
 
 def test_resume_without_checkpoint_or_other_data(tiny, tmp_path: Path) -> None:
     cfg = small_config(len(tiny.classes), depth=14, width=8)
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(TrainError, match="no checkpoint"):
         train(tiny, tmp_path / "x.h5", config=cfg, train_config=TC, resume=True,
               progress=False)
 
@@ -178,3 +179,43 @@ def test_gradients_match_finite_differences(tiny) -> None:
             # Central differences: O(h^2) truncation plus float32 rounding of losses of order 1
             # divided by 2h (~1e-5); smooth L1 kinks can add O(h) where a residual crosses one.
             assert abs(numeric - analytic[j]) < 2e-3 + 1e-2 * abs(analytic[j]), (name, j)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"steps": 0}, "steps must be a positive integer"),
+        ({"checkpoint_every": 0}, "checkpoint_every must be a positive integer"),
+        ({"learning_rate": float("nan")}, "learning_rate must be finite"),
+        ({"learning_rate": -1e-3}, "learning_rate must be positive"),
+        ({"seed": -1}, "seed must be an integer >= 0"),
+        ({"anchor_border": float("inf")}, "anchor_border must be finite"),
+        ({"final_lr_fraction": 2.0}, "final_lr_fraction must be in [0, 1]"),
+    ],
+)
+def test_train_config_rejects_bad_values(changes, message: str) -> None:
+    with pytest.raises(TrainError) as e:
+        TrainConfig(**changes)
+    assert message in str(e.value)
+
+
+def test_train_refuses_inputs_checkpoints_and_damaged_files(tiny, tmp_path: Path) -> None:
+    cfg = small_config(len(tiny.classes), depth=14, width=4)
+    tc = TrainConfig(steps=1, warmup=1, checkpoint_every=1, calibration_images=1,
+                     rcnn_minibatch=8)
+    ann = tiny.files[0]
+    with pytest.raises(TrainError, match="would destroy an input"):
+        train(tiny, ann, config=cfg, train_config=tc, progress=False)
+    out = tmp_path / "m.h5"
+    ckpt = Path(str(out) + ".ckpt.npz")
+    ckpt.write_bytes(b"not a zip")
+    with pytest.raises(TrainError, match="of an earlier run exists"):
+        train(tiny, out, config=cfg, train_config=tc, progress=False)
+    with pytest.raises(TrainError, match="cannot be read"):
+        train(tiny, out, config=cfg, train_config=tc, progress=False, resume=True)
+    assert ckpt.read_bytes() == b"not a zip" and not out.exists()
+    from npfrcnn.data import Dataset
+
+    with pytest.raises(DataError, match="has no image"):
+        train(Dataset([], list(tiny.classes), tmp_path, "coco"), out, config=cfg,
+              train_config=tc, progress=False)
