@@ -1,4 +1,4 @@
-"""``FasterRCNN``: the whole pipeline, stage by stage, and ``Detections``.
+"""``FasterRCNN``: the whole pipeline, stage by stage (``Detections``, ``Prediction``: results).
 
 Stages (each a public method, so a port can be diffed against any of them)::
 
@@ -12,17 +12,20 @@ Stages (each a public method, so a port can be diffed against any of them)::
       head        -> (bbox_pred [P, 4n], cls_prob [P, n+1]) block4, mean, fc heads
       detections  -> Detections                             per-class NMS, top 300
 
-``detect(image)`` runs them all. The ``backend`` (``"numpy"`` or ``"cpu"``) is passed to the
-ops that have one (convolutions, NMS, crop-and-resize); the others are NumPy/BLAS for both.
+``detect(image)`` runs them all on one uint8 array; ``predict(inputs)`` takes paths, arrays or
+PIL images (one or a list), checks them all first and returns one
+:class:`npfrcnn.results.Prediction` per input. The ``backend`` (``"numpy"`` or ``"cpu"``) is
+passed to the ops that have one (convolutions, NMS, crop-and-resize); the others are NumPy/BLAS
+for both.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +35,18 @@ from npfrcnn.config import AnyConfig, FPNConfig
 from npfrcnn.modeling.transform import Preprocessed
 from npfrcnn.rcnn import HEAD_CHUNK
 from npfrcnn.resnet import feature_map_shape
+from npfrcnn.results import (
+    Detections,
+    InputError,
+    PredictInput,
+    Prediction,
+    check_input,
+    check_score,
+    default_image_ids,
+    load_input,
+    load_problem,
+    split_inputs,
+)
 
 __all__ = ["FasterRCNN", "Detections", "Parts", "build_parts"]
 
@@ -39,27 +54,6 @@ F32 = npt.NDArray[np.float32]
 
 #: Keys of the ``timings`` dict filled by :meth:`FasterRCNN.detect`.
 STAGES = ("preprocess", "features", "rpn", "proposals", "roi_pool", "head", "detections")
-
-
-@dataclass
-class Detections:
-    """Final detections of one image, sorted by descending score.
-
-    Attributes:
-        boxes: float32 ``[K, 4]`` ``(x1, y1, x2, y2)`` in input-image pixels, clipped to the
-            image (``[0, W-1] x [0, H-1]`` for the workshop).
-        labels: int64 ``[K]`` 0-based class ids (background excluded).
-        scores: float32 ``[K]`` class probabilities.
-        class_names: ``K`` names, ``class_names[i]`` is the name of ``labels[i]``.
-    """
-
-    boxes: F32
-    labels: npt.NDArray[np.int64]
-    scores: F32
-    class_names: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
 
 
 def _unsupported(config: AnyConfig) -> list[str]:
@@ -399,6 +393,127 @@ class FasterRCNN:
             timings.update(clock)
         return dets
 
+    @overload
+    def predict(
+        self, inputs: Any, *, min_score: float | None = ..., max_detections: int | None = ...,
+        stream: Literal[False] = ...,
+    ) -> list[Prediction]: ...
+
+    @overload
+    def predict(
+        self, inputs: Any, *, min_score: float | None = ..., max_detections: int | None = ...,
+        stream: Literal[True],
+    ) -> Iterator[Prediction]: ...
+
+    def predict(
+        self,
+        inputs: Any,
+        *,
+        min_score: float | None = None,
+        max_detections: int | None = None,
+        stream: bool = False,
+    ) -> list[Prediction] | Iterator[Prediction]:
+        """Detect objects in images given as paths, arrays or PIL images.
+
+        Args:
+            inputs: one image or a list (or tuple) of them. An image is a path (``str`` or
+                ``os.PathLike``, read by :func:`npfrcnn.image.load`: EXIF orientation applied,
+                any mode converted to RGB, the decompression-bomb guard), a uint8
+                ``[H, W, 3]`` RGB numpy array (OpenCV's BGR needs ``a[..., ::-1]``), or a PIL
+                image (EXIF orientation and the modes as for a file). A uint8
+                ``[N, H, W, 3]`` array is ``N`` images.
+            min_score: the model's score threshold (``detect``'s ``min_prob``; default the
+                profile's; C4 keeps ``p >= min_score``, torchvision ``p > min_score``), applied
+                before the per-class NMS and the detection cap. To filter finished results use
+                :meth:`Prediction.filter` (``score >= t``).
+            max_detections: at most this many per image (default the profile's).
+            stream: ``False``: a list, every image read before the first detection. ``True``:
+                an iterator that reads and detects one image at a time (for long lists: only
+                one image is held unless you keep the predictions).
+
+        Returns:
+            Always one :class:`npfrcnn.results.Prediction` per image, in input order, in a
+            list (``stream=True``: an iterator), even for a single input: ``[pred] =
+            model.predict("a.jpg")``. ``predict([])`` is ``[]``. Each prediction's detections
+            are exactly ``detect(image, min_prob=min_score, max_detections=...)``.
+
+        Raises:
+            ValueError: ``min_score`` outside ``[0, 1]`` or a negative ``max_detections``.
+            npfrcnn.results.InputError: (a ``ValueError``) every unusable input at once, each
+                named with the fix: a wrong type, an array of the wrong shape or dtype, a
+                missing path or a folder (all checked before anything runs), and (for
+                ``stream=False`` also before anything runs) a file that cannot be decoded.
+                With ``stream=True`` an undecodable file raises when the iterator reaches it.
+        """
+        if min_score is not None:
+            check_score(min_score, "min_score")
+        if max_detections is not None and (
+            isinstance(max_detections, bool) or not isinstance(max_detections, int | np.integer)
+            or max_detections < 0
+        ):
+            raise ValueError(
+                f"max_detections must be a non-negative int, got {max_detections!r}; "
+                "e.g. max_detections=100"
+            )
+        objs, problems = split_inputs(inputs)
+        if problems:
+            raise InputError(problems, 1)
+        items: list[PredictInput] = []
+        for i, obj in enumerate(objs):
+            item, problem = check_input(i, obj)
+            if problem is not None:
+                problems.append(problem)
+            elif item is not None:
+                items.append(item)
+        if problems:
+            raise InputError(problems, len(objs))
+        ids = default_image_ids([it.source for it in items])
+        kw: dict[str, Any] = {"min_prob": min_score, "max_detections": max_detections}
+        if stream:
+            return self._predict_stream(items, ids, kw)
+        images: list[tuple[npt.NDArray[np.uint8], float]] = []
+        for item in items:
+            t = time.perf_counter()
+            try:
+                images.append((load_input(item), time.perf_counter() - t))
+            except ValueError as e:  # ImageError: the message names the file and the fix
+                problems.append(load_problem(item, e))
+        if problems:
+            raise InputError(problems, len(items))
+        return [
+            self._predict_one(item, image, load_s, image_id, kw)
+            for item, (image, load_s), image_id in zip(items, images, ids, strict=True)
+        ]
+
+    def _predict_stream(
+        self, items: list[PredictInput], ids: list[int], kw: dict[str, Any]
+    ) -> Iterator[Prediction]:
+        for item, image_id in zip(items, ids, strict=True):
+            t = time.perf_counter()
+            try:
+                image = load_input(item)
+            except ValueError as e:
+                raise InputError(
+                    [load_problem(item, e)], len(items),
+                    f"{item.index} earlier input{'' if item.index == 1 else 's'} "
+                    f"{'was' if item.index == 1 else 'were'} processed",
+                ) from None
+            yield self._predict_one(item, image, time.perf_counter() - t, image_id, kw)
+
+    def _predict_one(
+        self, item: PredictInput, image: npt.NDArray[np.uint8], load_s: float, image_id: int,
+        kw: dict[str, Any],
+    ) -> Prediction:
+        stages: dict[str, float] = {}
+        t = time.perf_counter()
+        dets = self.detect(image, timings=stages, **kw)
+        detect_s = time.perf_counter() - t
+        timings = {"load": load_s, **stages, "detect": detect_s}
+        return Prediction(
+            dets, item.source, int(image.shape[1]), int(image.shape[0]), image_id, timings,
+            image,
+        )
+
     def run_stages(self, image: npt.ArrayLike) -> dict[str, Any]:
         """Every stage's output for one image (for diffs): a dict of arrays and dataclasses.
 
@@ -429,3 +544,4 @@ class FasterRCNN:
             out["image_size"] = pre.image_size
             out["original_size"] = pre.original_size
         return out
+
