@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -226,7 +227,9 @@ class LineLog:
         truncate: start the file empty (a fresh run) instead of appending (``--resume``).
 
     Each :meth:`write` issues one ``os.write`` of the whole encoded line, then ``os.fsync``: a
-    kill at any moment leaves the lines written so far and at most one partial last line.
+    kill at any moment leaves the lines written so far and at most one partial last line. A
+    path that is not a regular file (``/dev/stdout``, a pipe, a terminal) is written the same
+    way without the fsync, which those do not support.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, truncate: bool) -> None:
@@ -234,7 +237,8 @@ class LineLog:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if truncate else 0)
         existed = self.path.exists()
         self.fd: int | None = os.open(self.path, flags, 0o666)
-        if not existed:
+        self.regular = stat.S_ISREG(os.fstat(self.fd).st_mode)
+        if not existed and self.regular:
             _fsync_folder(_folder(self.path))
 
     def write(self, line: str) -> None:
@@ -247,7 +251,8 @@ class LineLog:
             while view:  # os.write may write less than asked (signals, pipes); finish the line
                 n = os.write(self.fd, view)
                 view = view[n:]
-            os.fsync(self.fd)
+            if self.regular:
+                os.fsync(self.fd)
         except OSError as e:  # name the file: os.write's error does not
             raise OSError(e.errno, e.strerror, str(self.path)) from None
 

@@ -6,9 +6,9 @@ Exit status (:data:`EXIT_CODES`, also in ``npfrcnn --help``): 0 success; 1 some 
 failed (the others were processed), or ``info`` found problems; 2 usage or set-up error (a bad
 option value, an output that would overwrite an input, unusable weights or annotations, a
 damaged Numba cache): nothing was run; 70 an internal error (a bug: the traceback is shown,
-please report it); 74 a file could not be read or written (disk full, permission denied, ...);
-130 interrupted (Ctrl-C); 143 terminated (SIGTERM; 129 for SIGHUP); 141 stdout closed early
-(``| head``).
+please report it); 71 out of memory; 74 a file could not be read or written (disk full,
+permission denied, ...); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM; 129 for SIGHUP);
+141 stdout closed early (``| head``).
 
 Errors a user can cause never show a traceback: :func:`main` is the one place that turns them
 into a message and an exit status. They are ``OSError`` (with the file and a fix per
@@ -35,6 +35,7 @@ import math
 import os
 import shutil
 import signal
+import stat
 import statistics
 import sys
 import time
@@ -64,7 +65,7 @@ STAGES = ("preprocess", "features", "rpn", "proposals", "roi_pool", "head", "det
 
 _PALETTE = PALETTE  # the drawing colours (npfrcnn.draw.PALETTE), by class id
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_BUG, EXIT_IO = 0, 1, 2, 70, 74
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_BUG, EXIT_NOMEM, EXIT_IO = 0, 1, 2, 70, 71, 74
 EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141
 
 #: Every exit status ``npfrcnn`` uses, with its meaning.
@@ -76,6 +77,7 @@ EXIT_CODES: dict[int, str] = {
        "unusable weights or annotations, a damaged Numba cache, a --resume that does not "
        "match; nothing was run",
     70: "internal error: a bug in npfrcnn (the traceback is shown; please report it)",
+    71: "out of memory; what was finished is kept",
     74: "a file could not be read or written (disk full, permission denied, read-only, ...); "
         "what was finished is kept",
     130: "interrupted (Ctrl-C); what was finished is kept",
@@ -786,6 +788,15 @@ def _weights_id(weights: str, provenance: dict[str, Any]) -> str:
     return f"path {weights}"
 
 
+def _resumable(output: str | os.PathLike[str]) -> bool:
+    """Whether ``--output`` is (or will be created as) a regular file: only those get a run
+    file and can be resumed (``/dev/stdout``, a pipe or a terminal cannot)."""
+    try:
+        return stat.S_ISREG(os.stat(output).st_mode)
+    except FileNotFoundError:
+        return True
+
+
 def run_file(output: str | os.PathLike[str]) -> Path:
     """The file beside ``detect --output FILE`` that records the run's weights and settings
     (``FILE.run.json``), which ``--resume`` checks."""
@@ -872,7 +883,7 @@ def _check_no_overwrite(
         if v and os.path.exists(v):
             inputs.setdefault(_file_key(v), f"--{opt.replace('_', '-')} file {v}")
     outputs = [(o, v) for o, v in (("--output", args.output), ("--coco", args.coco)) if v]
-    if args.output:
+    if args.output and _resumable(args.output):
         outputs.append(("--output's run file", str(run_file(args.output))))
     for opt, dest in outputs:
         if os.path.exists(dest) and _file_key(dest) in inputs:
@@ -1029,6 +1040,9 @@ def _detect(args: argparse.Namespace, log: _Log) -> int:
     if args.resume and args.output is None:
         raise CommandError("--resume needs --output FILE.jsonl, the file to continue",
                            usage=True)
+    if args.resume and not _resumable(args.output):
+        raise CommandError(f"--resume needs --output to be a regular file; {args.output} is not "
+                           "(a device, pipe or terminal cannot be read back)", usage=True)
     default_weights = not args.weights
     if default_weights:
         from npfrcnn import cli_train
@@ -1101,10 +1115,11 @@ def _detect(args: argparse.Namespace, log: _Log) -> int:
             os.truncate(args.output, good_bytes)
             log.info(f"--resume: dropped the incomplete last line of {args.output}")
         fresh = not previous
-        with atomic_write(run_file(args.output)) as f:
-            json.dump({"npfrcnn": __version__, "command": "detect", "settings": settings}, f,
-                      indent=2)
-            f.write("\n")
+        if _resumable(args.output):  # not for /dev/stdout, a pipe, a terminal
+            with atomic_write(run_file(args.output)) as f:
+                json.dump({"npfrcnn": __version__, "command": "detect", "settings": settings},
+                          f, indent=2)
+                f.write("\n")
         sink = LineLog(args.output, truncate=fresh)
     if previous:
         log.info(f"--resume: {len(paths) - len(todo)} of {len(paths)} image(s) already in "
@@ -1703,6 +1718,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         log.error(describe_os_error(e))
         return EXIT_IO
+    except MemoryError:
+        log.error(
+            "out of memory; lower --max-pixels to refuse images this large, close other "
+            "programs, or run on a machine with more memory"
+        )
+        return EXIT_NOMEM
     except Exception as e:
         cache = _numba_cache_problem(e)
         if cache is not None:

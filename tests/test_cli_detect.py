@@ -63,6 +63,7 @@ def _usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         (OSError(errno.ESTALE, "Stale file handle", "/nfs/x"), 74,
          ["/nfs/x: Stale file handle"]),  # an errno without a table entry: still a message
         (KeyboardInterrupt(), 130, ["interrupted"]),
+        (MemoryError(), 71, ["out of memory", "--max-pixels"]),
     ],
 )
 def test_main_maps_user_errors(
@@ -416,6 +417,27 @@ def test_resume_in_process(
     fake.calls.clear()
     assert main([*argv, "--resume"]) == 0 and fake.calls == []
     assert _jsonl(out.read_text()) == recs
+
+
+def test_output_to_a_pipe_streams_without_fsync_or_run_file(
+    fake: FakeModel, images: Path, tmp_path: Path
+) -> None:
+    """``-o /dev/stdout`` (a pipe, a terminal): lines are written, no fsync (EINVAL there), no
+    ``.run.json`` beside a device; ``--resume`` on such a target is a usage error."""
+    import threading
+
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    assert main(["detect", str(images), "--weights", "m.h5", "-o", str(fifo), "-q"]) == 0
+    reader.join(timeout=30)
+    recs = _jsonl(got[0].decode())
+    assert [Path(r["path"]).name for r in recs] == ["a.png", "b.jpg", "c.PNG"]
+    assert not (tmp_path / "pipe.jsonl.run.json").exists()
+    with pytest.raises(SystemExit):
+        main(["detect", str(images), "--weights", "m.h5", "-o", str(fifo), "--resume"])
 
 
 @pytest.mark.parametrize(
