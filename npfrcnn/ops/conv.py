@@ -201,18 +201,13 @@ def conv2d(
     out = np.empty((n, ho, wo, cout), dtype=np.float32)
     if n > 0:
         pads = ((pt, pb), (pl, pr))
-        if backend == "cpu":
-            _conv_blas_cpu(xa, ka, out, (sh, sw), (dh, dw), pads)
-            if ba is not None:
-                cpu = kernel_module("cpu", "conv")
-                empty = np.empty((0, 0), dtype=np.float32)
-                cpu.epilogue(
-                    out.reshape(-1, cout), cpu.EPI_BIAS, ba, ba, empty, False, False
-                )
-        else:
-            _conv_blas(xa, ka, out, (sh, sw), (dh, dw), pads)
-            if ba is not None:
-                out += ba
+        _conv_blas(xa, ka, out, (sh, sw), (dh, dw), pads, backend)
+        if ba is not None and backend == "cpu":  # + bias, in parallel: the same float32 adds
+            cpu = kernel_module("cpu", "conv")
+            empty = np.empty((0, 0), dtype=np.float32)
+            cpu.epilogue(out.reshape(-1, cout), cpu.EPI_BIAS, ba, ba, empty, False, False)
+        elif ba is not None:
+            out += ba
     return out
 
 
@@ -223,40 +218,68 @@ def _conv_blas(
     strides: tuple[int, int],
     dilations: tuple[int, int],
     pads: tuple[tuple[int, int], tuple[int, int]],
+    backend: str = "numpy",
 ) -> None:
-    """Fill ``out`` [N, Ho, Wo, Cout] with the convolution; inputs already validated."""
+    """Fill ``out`` [N, Ho, Wo, Cout] with the convolution; inputs already validated.
+
+    Both backends run the same GEMMs on the same patch matrices, in the same chunks (the BLAS
+    may sum differently for a different number of GEMM rows), so they give the same bits. They
+    differ in how a patch matrix is built: ``"numpy"`` copies a strided view of a zero-padded
+    copy of ``x``; ``"cpu"`` gathers it in parallel straight from ``x``
+    (``npfrcnn.kernels.cpu.conv``), and multiplies an unpadded stride-1 1x1 input in place.
+    """
     n, ho, wo, cout = out.shape
     kh, kw, cin, _ = kernel.shape
     sh, sw = strides
     dh, dw = dilations
     (pt, pb), (pl, pr) = pads
-    if pt or pb or pl or pr:
-        xp = np.zeros((n, x.shape[1] + pt + pb, x.shape[2] + pl + pr, cin), dtype=np.float32)
-        xp[:, pt : pt + x.shape[1], pl : pl + x.shape[2], :] = x
-    else:
-        xp = x
+    padded = bool(pt or pb or pl or pr)
     k = kh * kw * cin
     kmat = kernel.reshape(k, cout)  # [kh*kw*Cin, Cout], (i, j, c) order
+    cpu = kernel_module("cpu", "conv") if backend == "cpu" else None
+    xp = x
+    if cpu is None and padded:
+        xp = np.zeros((n, x.shape[1] + pt + pb, x.shape[2] + pl + pr, cin), dtype=np.float32)
+        xp[:, pt : pt + x.shape[1], pl : pl + x.shape[2], :] = x
 
     if kh == 1 and kw == 1:
-        sub = xp[:, : (ho - 1) * sh + 1 : sh, : (wo - 1) * sw + 1 : sw, :]  # [N,Ho,Wo,Cin]
-        np.matmul(sub.reshape(n * ho * wo, cin), kmat, out=out.reshape(n * ho * wo, cout))
+        # One GEMM over every output pixel: [N*Ho*Wo, Cin] @ [Cin, Cout].
+        if cpu is None:
+            src = xp[:, : (ho - 1) * sh + 1 : sh, : (wo - 1) * sw + 1 : sw, :]  # a view
+        elif not padded and sh == 1 and sw == 1:
+            src = x
+        else:
+            src = np.empty((n, ho, wo, cin), dtype=np.float32)
+            if padded:
+                cpu.im2col(x, 0, n, 0, ho, wo, 1, 1, sh, sw, dh, dw, pt, pl,
+                           src.reshape(n * ho * wo, cin))
+            else:
+                cpu.gather_strided(x, sh, sw, src)
+        np.matmul(src.reshape(n * ho * wo, cin), kmat, out=out.reshape(n * ho * wo, cout))
         return
 
-    s0, s1, s2, s3 = xp.strides
-    if dw == 1:
-        # (kw, Cin) of one patch row are contiguous in xp: copy them as one run (faster for
-        # the small Cin of conv1).
-        inner: tuple[int, ...] = (kh, kw * cin)
-        inner_strides: tuple[int, ...] = (s1 * dh, s3)
+    if cpu is not None:
+        def fill(cols: npt.NDArray[np.float32], i0: int, i1: int, r0: int, r1: int) -> None:
+            cpu.im2col(x, i0, i1, r0, r1, wo, kh, kw, sh, sw, dh, dw, pt, pl, cols)
     else:
-        inner, inner_strides = (kh, kw, cin), (s1 * dh, s2 * dw, s3)
-    patches = as_strided(
-        xp,
-        shape=(n, ho, wo, *inner),
-        strides=(s0, s1 * sh, s2 * sw, *inner_strides),
-        writeable=False,
-    )  # [N,Ho,Wo,kh,kw*Cin] or [N,Ho,Wo,kh,kw,Cin], a view
+        s0, s1, s2, s3 = xp.strides
+        if dw == 1:
+            # (kw, Cin) of one patch row are contiguous in xp: copy them as one run (faster
+            # for the small Cin of conv1).
+            inner: tuple[int, ...] = (kh, kw * cin)
+            inner_strides: tuple[int, ...] = (s1 * dh, s3)
+        else:
+            inner, inner_strides = (kh, kw, cin), (s1 * dh, s2 * dw, s3)
+        patches = as_strided(
+            xp,
+            shape=(n, ho, wo, *inner),
+            strides=(s0, s1 * sh, s2 * sw, *inner_strides),
+            writeable=False,
+        )  # [N,Ho,Wo,kh,kw*Cin] or [N,Ho,Wo,kh,kw,Cin], a view
+
+        def fill(cols: npt.NDArray[np.float32], i0: int, i1: int, r0: int, r1: int) -> None:
+            np.copyto(cols.reshape(i1 - i0, r1 - r0, wo, *inner), patches[i0:i1, r0:r1])
+
     row_bytes = wo * k * 4
     rows = max(1, IM2COL_BUDGET_BYTES // row_bytes)
     if rows >= ho:
@@ -267,7 +290,7 @@ def _conv_blas(
             i1 = min(i0 + imgs, n)
             m = (i1 - i0) * ho * wo
             cols = buf[:m]
-            np.copyto(cols.reshape(i1 - i0, ho, wo, *inner), patches[i0:i1])
+            fill(cols, i0, i1, 0, ho)
             np.matmul(cols, kmat, out=out[i0:i1].reshape(m, cout))
         return
     # Chunks of output rows within one image.
@@ -277,59 +300,5 @@ def _conv_blas(
             r1 = min(r0 + rows, ho)
             m = (r1 - r0) * wo
             cols = buf[:m]
-            np.copyto(cols.reshape(r1 - r0, wo, *inner), patches[i, r0:r1])
-            np.matmul(cols, kmat, out=out[i, r0:r1].reshape(m, cout))
-
-
-def _conv_blas_cpu(
-    x: npt.NDArray[np.float32],
-    kernel: npt.NDArray[np.float32],
-    out: npt.NDArray[np.float32],
-    strides: tuple[int, int],
-    dilations: tuple[int, int],
-    pads: tuple[tuple[int, int], tuple[int, int]],
-) -> None:
-    """:func:`_conv_blas` with its copies done by Numba kernels on every core.
-
-    The same GEMMs on the same patch matrices (so the same bits): patches are gathered
-    straight from the unpadded input (no padded copy), a strided 1x1 convolution's input is
-    gathered in parallel, and a stride-1 unpadded 1x1 convolution multiplies ``x`` in place.
-    """
-    cpu = kernel_module("cpu", "conv")
-    n, ho, wo, cout = out.shape
-    kh, kw, cin, _ = kernel.shape
-    sh, sw = strides
-    dh, dw = dilations
-    (pt, _), (pl, _) = pads
-    k = kh * kw * cin
-    kmat = kernel.reshape(k, cout)
-    if kh == 1 and kw == 1 and pt == 0 and pl == 0 and ho <= x.shape[1] and wo <= x.shape[2]:
-        if sh == 1 and sw == 1 and ho == x.shape[1] and wo == x.shape[2]:
-            src = x
-        else:
-            src = np.empty((n, ho, wo, cin), dtype=np.float32)
-            cpu.gather_strided(x, sh, sw, src)
-        np.matmul(src.reshape(n * ho * wo, cin), kmat, out=out.reshape(n * ho * wo, cout))
-        return
-    # The reference's chunks exactly (whole images per GEMM when they fit, else rows of one
-    # image): the BLAS may sum differently for a different number of GEMM rows.
-    row_bytes = wo * k * 4
-    rows = max(1, IM2COL_BUDGET_BYTES // row_bytes)
-    if rows >= ho:
-        imgs = max(1, rows // ho)
-        buf = np.empty((min(imgs, n) * ho * wo, k), dtype=np.float32)
-        for i0 in range(0, n, imgs):
-            i1 = min(i0 + imgs, n)
-            m = (i1 - i0) * ho * wo
-            cols = buf[:m]
-            cpu.im2col(x, i0, i1, 0, ho, wo, kh, kw, sh, sw, dh, dw, pt, pl, cols)
-            np.matmul(cols, kmat, out=out[i0:i1].reshape(m, cout))
-        return
-    buf = np.empty((rows * wo, k), dtype=np.float32)
-    for i in range(n):
-        for r0 in range(0, ho, rows):
-            r1 = min(r0 + rows, ho)
-            m = (r1 - r0) * wo
-            cols = buf[:m]
-            cpu.im2col(x, i, i + 1, r0, r1, wo, kh, kw, sh, sw, dh, dw, pt, pl, cols)
+            fill(cols, i, i + 1, r0, r1)
             np.matmul(cols, kmat, out=out[i, r0:r1].reshape(m, cout))
