@@ -27,6 +27,7 @@ import numpy.typing as npt
 
 from npfrcnn import ops
 from npfrcnn.config import ModelConfig
+from npfrcnn.ops.layers import affine_epilogue_, batch_norm_params
 
 __all__ = [
     "UnitSpec",
@@ -162,6 +163,36 @@ def _bn(x: Array, tensors: Mapping[str, np.ndarray], scope: str, eps: float) -> 
     )
 
 
+def _bn_act(
+    x: Array,
+    tensors: Mapping[str, np.ndarray],
+    scope: str,
+    eps: float,
+    backend: str,
+    residual: Array | None = None,
+    relu: bool = True,
+) -> Array:
+    """``relu(residual + bn(x))`` (each part optional), TF's order of operations.
+
+    On the ``cpu`` backend it is one parallel pass **in place** on ``x`` (a fresh conv output:
+    :func:`npfrcnn.ops.layers.affine_epilogue_`), with the same bits as the separate NumPy
+    passes ``numpy`` runs (float addition is commutative, so ``bn(x) + residual`` is
+    ``residual + bn(x)``).
+    """
+    if backend != "cpu":
+        r = _bn(x, tensors, scope, eps)
+        if residual is not None:
+            r = residual + r
+        return ops.relu(r) if relu else r
+    p = scope + "/batch_normalization/"
+    a, b = batch_norm_params(
+        tensors[p + "moving_mean"], tensors[p + "moving_variance"], tensors[p + "beta"],
+        tensors[p + "gamma"], eps,
+    )
+    res = None if residual is None else np.ascontiguousarray(residual, dtype=np.float32)
+    return affine_epilogue_(x, "frozen_bn", a, b, res, relu, backend="cpu")
+
+
 def _conv_same(
     x: Array, kernel: np.ndarray, stride: int, rate: int, backend: str
 ) -> Array:
@@ -191,19 +222,18 @@ def _unit(
             np.ascontiguousarray(xs), tensors[p + "/shortcut/conv2d/kernel"], padding="VALID",
             backend=backend,
         )
-        shortcut = _bn(sc, tensors, p + "/shortcut", eps)
+        shortcut = _bn_act(sc, tensors, p + "/shortcut", eps, backend, relu=False)
     else:
         shortcut = np.ascontiguousarray(x[:, :: u.stride, :: u.stride]) if u.stride > 1 else x
     s1 = u.stride if config.stride_in == "1x1" else 1
     s3 = u.stride if config.stride_in == "3x3" else 1
     xin = np.ascontiguousarray(x[:, ::s1, ::s1]) if s1 > 1 else x
     r = ops.conv2d(xin, tensors[p + "/conv1/conv2d/kernel"], padding="VALID", backend=backend)
-    r = ops.relu(_bn(r, tensors, p + "/conv1", eps))
+    r = _bn_act(r, tensors, p + "/conv1", eps, backend)
     r = _conv_same(r, tensors[p + "/conv2/conv2d/kernel"], s3, u.rate, backend)
-    r = ops.relu(_bn(r, tensors, p + "/conv2", eps))
+    r = _bn_act(r, tensors, p + "/conv2", eps, backend)
     r = ops.conv2d(r, tensors[p + "/conv3/conv2d/kernel"], padding="VALID", backend=backend)
-    r = _bn(r, tensors, p + "/conv3", eps)
-    return ops.relu(shortcut + r)
+    return _bn_act(r, tensors, p + "/conv3", eps, backend, residual=shortcut)
 
 
 def run_base(
@@ -222,7 +252,7 @@ def run_base(
     eps = config.bn_epsilon
     scope = config.scope
     net = _conv_same(x, tensors[scope + "/conv1/conv2d/kernel"], 2, 1, backend)
-    net = ops.relu(_bn(net, tensors, scope + "/conv1", eps))
+    net = _bn_act(net, tensors, scope + "/conv1", eps, backend)
     net = ops.max_pool2d(net, 3, 2, padding=config.pool1_padding)
     for u in backbone_units(config):
         net = _unit(net, u, tensors, config, backend)

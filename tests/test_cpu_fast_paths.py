@@ -171,3 +171,29 @@ def test_fpn_model_backends_agree_bitwise(tmp_path):
         for name, lv in ref["rpn"].levels.items():
             assert same_bits(got["rpn"].levels[name].logits, lv.logits), f"{variant} {name}"
             assert same_bits(got["rpn"].levels[name].deltas, lv.deltas), f"{variant} {name}"
+
+
+@pytest.mark.parametrize("stride_in", ["1x1", "3x3"])
+def test_c4_model_backends_agree_bitwise(stride_in):
+    """The workshop C4 network: block1..3 features and block4 on the pooled RoIs, ``cpu``
+    (parallel patches, fused BN + residual + ReLU) against ``numpy`` (separate passes)."""
+    from npfrcnn import FasterRCNN
+    from npfrcnn.config import workshop
+    from npfrcnn.weights import random_weights
+
+    cfg = workshop(
+        units_per_block=(1, 2, 2, 2), root_depth=8, base_depths=(8, 16, 32, 64), rpn_depth=32,
+        num_classes=3, stride_in=stride_in,
+    )
+    tensors = random_weights(cfg, seed=4)
+    classes = ["a", "b", "c"]
+    image = np.random.default_rng(3).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    ref = FasterRCNN(cfg, classes, tensors, backend="numpy").run_stages(image)
+    got = FasterRCNN(cfg, classes, tensors, backend="cpu").run_stages(image)
+    assert same_bits(got["features"], ref["features"])
+    # block4 on the same pooled input (the pooled RoIs are compared by the crop tests)
+    from npfrcnn.resnet import run_tail
+
+    pooled = ref["pooled"]
+    assert same_bits(run_tail(pooled.copy(), tensors, cfg, "cpu"),
+                     run_tail(pooled.copy(), tensors, cfg, "numpy"))

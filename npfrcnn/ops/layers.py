@@ -89,14 +89,39 @@ def batch_norm(
             f"variance_epsilon must be a finite non-negative number, got {variance_epsilon!r}; "
             "the workshop and slim use 1e-5"
         )
-    inv = np.float32(1.0) / np.sqrt(v + np.float32(eps))
-    if scale is not None:
-        inv = inv * _channel_param("scale", scale, c)
-    if offset is not None:
-        shift = _channel_param("offset", offset, c) - m * inv
-    else:
-        shift = -(m * inv)
+    inv, shift = _batch_norm_affine(
+        m, v, None if offset is None else _channel_param("offset", offset, c),
+        None if scale is None else _channel_param("scale", scale, c), eps,
+    )
     return np.asarray(xa * inv + shift, dtype=np.float32)
+
+
+def _batch_norm_affine(
+    mean: F32, variance: F32, offset: F32 | None, scale: F32 | None, eps: float
+) -> tuple[F32, F32]:
+    """``(inv, shift)`` of :func:`batch_norm` (TF's order), so ``y = x * inv + shift``."""
+    inv = np.float32(1.0) / np.sqrt(variance + np.float32(eps))
+    if scale is not None:
+        inv = inv * scale
+    shift = offset - mean * inv if offset is not None else -(mean * inv)
+    return np.asarray(inv, np.float32), np.asarray(shift, np.float32)
+
+
+def batch_norm_params(
+    mean: npt.ArrayLike,
+    variance: npt.ArrayLike,
+    offset: npt.ArrayLike,
+    scale: npt.ArrayLike,
+    variance_epsilon: float,
+) -> tuple[F32, F32]:
+    """``(a, b)`` float32 ``[C]`` with :func:`batch_norm` ``= x * a + b`` (two roundings), for
+    :func:`affine_epilogue_` ``kind="frozen_bn"``: the same bits as :func:`batch_norm`."""
+    m = _f32("mean", mean).reshape(-1)
+    c = m.shape[0]
+    return _batch_norm_affine(
+        m, _channel_param("variance", variance, c), _channel_param("offset", offset, c),
+        _channel_param("scale", scale, c), float(variance_epsilon),
+    )
 
 
 def max_pool2d(
