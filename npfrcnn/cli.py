@@ -328,15 +328,22 @@ def probability(text: str) -> float:
     return v
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1."""
+def int_at_least(text: str, lo: int) -> int:
+    """An integer ``>= lo`` (``1``: a count; ``0``: a seed), as an argparse ``type=`` error."""
     try:
         v = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+        what = "a positive integer" if lo == 1 else "an integer"
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if v < lo:
+        bound = "a positive integer" if lo == 1 else f"{lo} or more"
+        raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
     return v
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    return int_at_least(text, 1)
 
 
 def _writable_folder_problem(folder: str) -> str | None:

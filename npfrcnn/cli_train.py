@@ -509,13 +509,9 @@ def _non_negative_float(text: str) -> float:
 
 def _non_negative_int(text: str) -> int:
     """An integer >= 0 (seeds)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return v
+    from npfrcnn.cli import int_at_least
+
+    return int_at_least(text, 0)
 
 
 def _depth(text: str) -> int:
