@@ -9,6 +9,6 @@ Numba cache lives (``_numba_cache``): ``NUMBA_CACHE_DIR`` if set and writable, e
 cache entry is recompiled. Functions outside this package keep Numba's own behaviour.
 """
 
-from npfrcnn.kernels import _numba_cache
+from . import _numba_cache  # relative: kernels never import npfrcnn
 
 _numba_cache.install()
