@@ -1675,6 +1675,9 @@ never overwritten: an input image, --weights or --coco-gt (also through a link);
     from npfrcnn.cli_train import register
 
     register(sub)  # synth, train, eval, demo
+    from npfrcnn.cli_trace import register as register_trace
+
+    register_trace(sub)  # trace, compare
     from npfrcnn.bench.cli import register as register_bench
 
     register_bench(sub)  # bench

@@ -15,7 +15,7 @@ ratio, then a float32 product), and the same for y. The boxes are not clipped ag
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +42,9 @@ class PostprocessOutput:
         candidates: int64 ``[M]`` flat indices ``p * num_classes + (c - 1)`` of the candidates
             that passed the score and size filters, in that order.
         nms: int64 indices into ``candidates`` as batched NMS kept them (before the cut).
+        candidate_boxes: float32 ``[M, 4]`` the candidates' boxes (decoded, clipped).
+        candidate_scores: float32 ``[M]`` their scores.
+        candidate_labels: int64 ``[M]`` their torchvision labels.
     """
 
     boxes: F32
@@ -49,6 +52,9 @@ class PostprocessOutput:
     scores: F32
     candidates: I64
     nms: I64
+    candidate_boxes: F32 = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    candidate_scores: F32 = field(default_factory=lambda: np.zeros(0, np.float32))
+    candidate_labels: I64 = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def resize_boxes(
@@ -117,5 +123,5 @@ class TorchvisionPostprocess:
         final = keep[:limit]
         return PostprocessOutput(
             np.ascontiguousarray(b[final]), lab[final], np.ascontiguousarray(s[final]),
-            inds.astype(np.int64), keep,
+            inds.astype(np.int64), keep, b, s, lab,
         )
