@@ -23,9 +23,9 @@ File layout (HDF5 groups; in an ``.npz`` the same names are the array keys)::
     layout          "NHWC" or "NCHW": the layout of every image-like stage (dense, 4-d)
     box_format      "xyxy" or "yxyx": the coordinate order of every box and every delta
                     ((dx, dy, dw, dh) or (dy, dx, dh, dw))
-    boxes_normalized  false: pixels. true: boxes divided by the image size (proposals,
-                    anchors and candidates by the resized image's (h, w), the final detections
-                    by the original image's)
+    boxes_normalized  false: pixels. true: boxes divided by an image size: anchors by the
+                    network input's (Hp, Wp), the final detections by the original image's
+                    (H, W), every other box stage by the resized image's (h, w)
     background      "first" or "last": the background column of ``head/cls`` and ``head/bbox``
     num_classes     object classes, background excluded
     classes         optional list of num_classes names
