@@ -3,8 +3,10 @@
 For every image and every stage of the schema, in pipeline order, one :class:`Row`:
 
 * dense stages and row-aligned boxes: shapes, the largest absolute error, the largest error
-  relative to the stage's scale (``max |reference|``), and the error in float32 ulps (the
-  distance between the two float32 values counted in representable numbers; median and max).
+  relative to the stage's scale (``max |reference|``), and the error in float32 ulps of the
+  reference value (median and max; values below ``scale / 1024`` count in the ulps of
+  ``scale / 1024``, :data:`ULP_FLOOR`, so that rounding noise near zero does not read as
+  millions of ulps).
   A stage is within tolerance when ``max_abs <= atol + rtol * scale``;
 * discrete stages (top-k and NMS index lists, level assignment): exact agreement, as the
   fraction of equal positions over the longer list, and the first position that differs;
@@ -129,6 +131,20 @@ def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.abs(_ordered_f32(a) - _ordered_f32(b)).astype(np.float64)
 
 
+#: Elements far below a stage's scale are measured in the ulps of ``scale * ULP_FLOOR``: the
+#: float32 grid is so fine near zero that a rounding error of the stage's size would count as
+#: millions of ulps there.
+ULP_FLOOR = 2.0**-10
+
+
+def scaled_ulps(ref: np.ndarray, cand: np.ndarray, scale: float) -> np.ndarray:
+    """``|cand - ref|`` in float32 ulps of ``max(|ref|, scale * ULP_FLOOR)`` per element."""
+    mag = np.maximum(np.abs(ref.astype(np.float64)), scale * ULP_FLOOR)
+    unit = np.spacing(mag.astype(np.float32)).astype(np.float64)
+    unit = np.where(unit > 0, unit, np.float64(np.finfo(np.float32).smallest_subnormal))
+    return np.abs(cand.astype(np.float64) - ref) / unit
+
+
 def compare_arrays(
     ref: np.ndarray, cand: np.ndarray, rtol: float, atol: float, stage: str = "",
     kind: str = "dense",
@@ -152,7 +168,7 @@ def compare_arrays(
     row.max_abs = float(err.max())
     row.max_rel = row.max_abs / scale if scale > 0 else (0.0 if row.max_abs == 0 else math.inf)
     if ref.dtype.kind == "f":
-        ulps = ulp_distance(ref[both], cand[both]) if both.any() else np.zeros(1)
+        ulps = scaled_ulps(ref[both], cand[both], scale) if both.any() else np.zeros(1)
         row.ulp_median = float(np.median(ulps))
         row.ulp_max = float(ulps.max())
     if nonfinite_mismatch.any():
@@ -290,7 +306,7 @@ def compare_sets(
         err = np.abs(cb[m[hit]].astype(np.float64) - rb[hit])
         row.max_abs = float(err.max())
         row.max_rel = row.max_abs / scale if scale > 0 else 0.0
-        ulps = ulp_distance(rb[hit], cb[m[hit]])
+        ulps = scaled_ulps(rb[hit], cb[m[hit]], scale)
         row.ulp_median, row.ulp_max = float(np.median(ulps)), float(ulps.max())
         if row.max_abs > atol + rtol * scale:
             notes.append(f"matched boxes differ by up to {row.max_abs:.4g} px")
@@ -519,8 +535,10 @@ def table_rows(im: ImageComparison) -> list[list[str]]:
             agree = f"{r.agreement:.4f}"
         rerun = "-"
         if r.rerun is not None:
-            rerun = f"{r.verdict} ({_fmt(r.rerun.max_rel)} rel"
-            rerun += f", agree {r.rerun.agreement:.4f})" if r.rerun.agreement is not None else ")"
+            if r.rerun.agreement is not None:
+                rerun = f"{r.verdict} (agree {r.rerun.agreement:.4f})"
+            else:
+                rerun = f"{r.verdict} ({_fmt(r.rerun.max_rel)} rel)"
         out.append([
             r.stage, r.status, shape, _fmt(r.max_abs), _fmt(r.max_rel), _fmt(r.ulp_median, ".0f"),
             _fmt(r.ulp_max, ".0f"), agree, "-" if r.first_diff is None else str(r.first_diff),
@@ -565,6 +583,11 @@ def verdict(im: ImageComparison) -> str:
         dep = im.first_departure
         if dep is not None:
             text += f"; first real departure: {dep.stage}"
+        elif all(r.verdict == "rounding" for r in im.rows if r.failed):
+            text += (
+                "; no stage departs: every stage out of tolerance computes what the "
+                "reference computes on the candidate's inputs"
+            )
     elif first.verdict == "departure":
         text += "; re-run on the candidate's own inputs the reference still differs: a departure"
     else:
