@@ -13,7 +13,13 @@ For every image and every stage of the schema, in pipeline order, one :class:`Ro
 * box sets (proposals, the detection candidates, the detections): matched by IoU (``>= 0.5``)
   and label, not by position: each reference box, in order, takes the unmatched candidate box
   of its label with the largest IoU. Within tolerance when every box is matched both ways and
-  the matched boxes' coordinates and scores are within tolerance.
+  the matched boxes' coordinates and scores are within tolerance;
+* per-proposal stages (level assignment, pooled RoIs, box head, head outputs): row ``i``
+  belongs to proposal ``i``, so when the proposals match as a set but in another order (or
+  only partly), the candidate's rows are put in the order of the reference's proposals and
+  only matched proposals are compared (the row's note says so). In the same way the top-k
+  candidates and the RPN's keep list are compared through the anchors they belong to
+  (``proposals/topk``), and the final NMS keep list through the candidates' box matching.
 
 The first stage out of tolerance is named. With a model (``--weights``), every stage out of
 tolerance is also re-run by the reference given the **candidate's** inputs of that stage
@@ -75,13 +81,15 @@ class Row:
     note: str = ""
     rerun: Row | None = None
     verdict: str = ""  # "rounding" or "departure", for a stage out of tolerance re-run
+    #: sets: for each reference box the index of its candidate box, or -1
+    match: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def failed(self) -> bool:
         return self.status == "fail"
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "rerun"}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("rerun", "match")}
         d["rerun"] = self.rerun.to_dict() if self.rerun is not None else None
         return d
 
@@ -296,6 +304,7 @@ def compare_sets(
         row.note = f"boxes must be [N, 4]; reference {rb.shape}, candidate {cb.shape}"
         return row
     m = match_boxes(rb, cb, rl, cl)
+    row.match = m
     hit = m >= 0
     n_match = int(hit.sum())
     row.matched = (n_match, int(rb.shape[0]), int(cb.shape[0]))
@@ -333,6 +342,10 @@ def compare_sets(
     return row
 
 
+#: Stages with one row per proposal: compared in the order of the proposal matching.
+PER_PROPOSAL = ("roi_levels", "pooled", "box_head", "head/cls", "head/bbox")
+#: Stages with one row (or index) per top-k candidate: compared through their anchors.
+PER_CANDIDATE = ("proposals/candidates", "proposals/candidate_scores", "proposals/keep")
 #: The stages that get an error heatmap in the report.
 _MAPPED = ("input", "body", "features")
 
@@ -356,6 +369,8 @@ def compare_image(
     cand_groups = {_group_of(n) for n in cand.names}
     out = ImageComparison(ref.index, str(ref.meta.get("name", "")), [])
     folded = {p for parts in _SET_PARTS.values() for p in parts if p}
+    prop_match: np.ndarray | None = None
+    det_match: np.ndarray | None = None
     for name in names:
         if name in folded:
             continue
@@ -376,7 +391,19 @@ def compare_image(
             else:
                 out.rows.append(Row(name, st.kind, "not traced", tuple(ref.raw(name).shape)))
             continue
-        row = _compare_stage(name, ref, cand, rtol, atol)
+        if name in PER_PROPOSAL and prop_match is not None:
+            row = _compare_aligned(name, ref, cand, prop_match, rtol, atol)
+        elif name in PER_CANDIDATE and "proposals/topk" in ref and "proposals/topk" in cand:
+            row = _compare_by_anchor(name, ref, cand, rtol, atol)
+        elif name == "detections/keep" and det_match is not None:
+            row = _compare_keep(name, ref.get(name), cand.get(name), det_match,
+                                "detections/candidates")
+        else:
+            row = _compare_stage(name, ref, cand, rtol, atol)
+        if name == "proposals/boxes":
+            prop_match = row.match
+        if name == "detections/candidates":
+            det_match = row.match
         if heatmaps and st.group in _MAPPED and row.ref_shape == row.cand_shape:
             out.error_maps[name] = _error_map(ref.get(name), cand.get(name))
         if row.failed and rerun is not None and name != "image":
@@ -425,6 +452,87 @@ def _compare_stage(name: str, ref: ImageTrace, cand: ImageTrace, rtol: float, at
     if st.kind == "index":
         return compare_index(r, c, name)
     return compare_arrays(r, c, rtol, atol, name, st.kind)
+
+
+def _compare_aligned(
+    name: str, ref: ImageTrace, cand: ImageTrace, match: np.ndarray, rtol: float, atol: float
+) -> Row:
+    """A per-proposal stage with the candidate's rows put in the order of the reference's
+    proposals (the IoU matching of ``proposals/boxes``); only matched proposals compared."""
+    r, c = ref.get(name), cand.get(name)
+    n_ref = match.shape[0]
+    if r.shape[:1] != (n_ref,) or c.ndim == 0:
+        return _compare_stage(name, ref, cand, rtol, atol)
+    if np.array_equal(match, np.arange(n_ref)) and c.shape[:1] == (n_ref,):
+        return _compare_stage(name, ref, cand, rtol, atol)
+    hit = match >= 0
+    if c.shape[0] <= int(match.max(initial=-1)):
+        return _compare_stage(name, ref, cand, rtol, atol)
+    ra, ca = r[hit], c[match[hit]]
+    st = stage_info(name)
+    row = (compare_index(ra, ca, name) if st.kind == "index"
+           else compare_arrays(ra, ca, rtol, atol, name, st.kind))
+    row.ref_shape, row.cand_shape = tuple(r.shape), tuple(c.shape)
+    how = (f"the {int(hit.sum())} matched proposals" if not hit.all() or c.shape[0] != n_ref
+           else "all proposals")
+    row.note = (f"rows of {how}, aligned by the proposal matching"
+                + (f"; {row.note}" if row.note else ""))
+    return row
+
+
+def _compare_by_anchor(
+    name: str, ref: ImageTrace, cand: ImageTrace, rtol: float, atol: float
+) -> Row:
+    """``proposals/candidates``, ``candidate_scores`` and ``keep`` through the anchors they
+    belong to (``proposals/topk``): when the top-k order differs (near ties), row ``i`` of the
+    two traces is another anchor, so rows are paired by anchor instead."""
+    rt, ct = ref.get("proposals/topk"), cand.get("proposals/topk")
+    if name == "proposals/keep":
+        rk, ck = ref.get(name), cand.get(name)
+        if rk.size and (rk.min() < 0 or rk.max() >= rt.size) or ck.size and (
+                ck.min() < 0 or ck.max() >= ct.size):
+            return _compare_stage(name, ref, cand, rtol, atol)
+        row = compare_index(rt[rk], ct[ck], name)
+        row.note = "as anchor indices (proposals/topk[keep])" + (
+            f"; {row.note}" if row.note else "")
+        return row
+    if np.array_equal(rt, ct):
+        return _compare_stage(name, ref, cand, rtol, atol)
+    r, c = ref.get(name), cand.get(name)
+    if r.shape[:1] != rt.shape or c.shape[:1] != ct.shape or len(np.unique(rt)) != rt.size or (
+            len(np.unique(ct)) != ct.size):
+        return _compare_stage(name, ref, cand, rtol, atol)
+    _, ri, ci = np.intersect1d(rt, ct, assume_unique=True, return_indices=True)
+    order = np.argsort(ri)
+    ri, ci = ri[order], ci[order]
+    st = stage_info(name)
+    row = compare_arrays(r[ri], c[ci], rtol, atol, name, st.kind)
+    row.ref_shape, row.cand_shape = tuple(r.shape), tuple(c.shape)
+    row.note = (f"rows paired by anchor (proposals/topk): {ri.size} of {rt.size} anchors in both"
+                + (f"; {row.note}" if row.note else ""))
+    if ri.size != rt.size or ct.size != rt.size:
+        row.status = "fail"
+    return row
+
+
+def _compare_keep(
+    name: str, rk: np.ndarray, ck: np.ndarray, match: np.ndarray, into: str
+) -> Row:
+    """An NMS keep list into a box set, the candidate's indices mapped to the reference's boxes
+    by the set's IoU matching (``-1``: a candidate box no reference box matched)."""
+    inv = np.full(int(match.max(initial=-1)) + 1 if match.size else 0, -1, dtype=np.int64)
+    hit = match >= 0
+    inv[match[hit]] = np.flatnonzero(hit)
+    if ck.size and (ck.min() < 0):
+        return compare_index(rk, ck, name)
+    mapped = np.where(ck < inv.size, inv[np.minimum(ck, max(inv.size - 1, 0))], -1) if (
+        inv.size) else np.full(ck.shape, -1, np.int64)
+    if np.array_equal(mapped, ck):
+        return compare_index(rk, ck, name)
+    row = compare_index(rk, mapped, name)
+    row.note = (f"candidate indices mapped to the reference's {into} by the box matching"
+                + (f"; {row.note}" if row.note else ""))
+    return row
 
 
 def _compare_given(
