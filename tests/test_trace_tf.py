@@ -242,3 +242,18 @@ def test_missing_tensorflow_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "tensorflow", None)
     with pytest.raises(ImportError, match="needs TensorFlow"):
         from_tf(object(), np.zeros((8, 8, 3), np.uint8), tmp_path / "x.h5")
+
+
+def test_compare_finds_no_departure_from_tensorflow(setup, traces):
+    """``npfrcnn compare`` of npfrcnn's trace (reference) with TensorFlow's (candidate), with
+    the re-run: every stage within the default tolerance (1e-4 of its scale; the measured
+    differences above are below 5e-6), and no departure."""
+    from npfrcnn.trace.compare import compare_traces, verdict
+
+    cfg, weights, _ = setup
+    _, t, n = traces
+    cmp = compare_traces(n, t, model=FasterRCNN(cfg, CLASSES, weights))
+    im = cmp.images[0]
+    assert im.first_failure is None, verdict(im)
+    assert {r.stage for r in im.rows} >= {"input", "features/0", "proposals/keep", "pooled",
+                                          "detections/boxes"}

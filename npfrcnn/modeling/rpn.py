@@ -245,13 +245,21 @@ class MultiLevelRPN:
         logits = np.concatenate([lv.logits for lv in rpn_out.levels.values()])[top]
         probs = torch_sigmoid(logits, lanes=cfg.simd_lanes, num_threads=cfg.torch_threads)
         boxes = clip_to_image(decoded[top], image_size)
+        keep, sel = self.select(boxes, probs, levels)
+        final = keep[sel[: cfg.rpn_post_nms_top_n]]
+        return MultiLevelProposals(
+            np.ascontiguousarray(boxes[final]), np.ascontiguousarray(probs[final]), decoded,
+            top, levels, probs, keep, sel, boxes,
+        )
+
+    def select(self, boxes: F32, probs: F32, levels: I64) -> tuple[I64, I64]:
+        """Steps 4 and 5 on the clipped top-n candidates: ``(kept, nms)``, the candidates that
+        pass the min-size and score filters and the batched-NMS order (indices into kept),
+        before the ``post_nms_top_n`` cut."""
+        cfg = self.config
         keep = remove_small_boxes(boxes, cfg.rpn_min_size)
         keep = keep[probs[keep] >= np.float32(cfg.rpn_score_thresh)]
-        kb, ks, kl = boxes[keep], probs[keep], levels[keep]
-        sel = torchvision_batched_nms(kb, ks, kl, cfg.rpn_nms_thresh, backend=self.backend)
-        sel = np.asarray(sel, dtype=np.int64)
-        final = sel[: cfg.rpn_post_nms_top_n]
-        return MultiLevelProposals(
-            np.ascontiguousarray(kb[final]), np.ascontiguousarray(ks[final]), decoded, top,
-            levels, probs, keep, sel, boxes,
+        sel = torchvision_batched_nms(
+            boxes[keep], probs[keep], levels[keep], cfg.rpn_nms_thresh, backend=self.backend
         )
+        return keep, np.asarray(sel, dtype=np.int64)

@@ -414,6 +414,8 @@ def compare_image(
             else:
                 if name in again:
                     rr = _compare_given(name, again, cand, rtol, atol)
+                    if name in _TIE_SCORES and rr.failed:
+                        rr.note += _tie_note(name, again[name], cand, rr.first_diff)
                     row.rerun = rr
                     row.verdict = "rounding" if not rr.failed else "departure"
         out.rows.append(row)
@@ -480,8 +482,41 @@ def _compare_aligned(
     return row
 
 
+#: Index stages and the scores they are ordered by (for telling a tie-order difference).
+_TIE_SCORES = {
+    "proposals/topk": "rpn/objectness/", "proposals/keep": "proposals/candidate_scores",
+    "detections/keep": "detections/candidate_scores",
+}
+
+
+def _tie_note(name: str, ref_idx: np.ndarray, cand: ImageTrace, pos: int | None) -> str:
+    """Whether the first difference of an ordered index list is between exactly tied scores
+    (of the candidate's own scores): then the two order ties differently."""
+    source = _TIE_SCORES[name]
+    if source.endswith("/"):
+        levels = [n for n in stage_names(cand.trace.meta["family"]) if n.startswith(source)]
+        if not all(n in cand for n in levels):
+            return ""
+        parts = [cand.get(n) for n in levels]
+        flat = np.concatenate([s[:, 1] if s.ndim == 2 else s for s in parts])
+    elif source in cand:
+        flat = cand.get(source)
+    else:
+        return ""
+    ci = cand.get(name)
+    if pos is None or pos >= min(ref_idx.size, ci.size):
+        return ""
+    a, b = int(ref_idx[pos]), int(ci[pos])
+    if not (0 <= a < flat.size and 0 <= b < flat.size):
+        return ""
+    if flat[a] == flat[b]:
+        return (f"; {a} and {b} have exactly the same score ({flat[a]:.8g}): the candidate "
+                "orders exact ties differently from the reference")
+    return ""
+
+
 def _compare_by_anchor(
-    name: str, ref: ImageTrace, cand: ImageTrace, rtol: float, atol: float
+    name: str, ref: Any, cand: ImageTrace, rtol: float, atol: float
 ) -> Row:
     """``proposals/candidates``, ``candidate_scores`` and ``keep`` through the anchors they
     belong to (``proposals/topk``): when the top-k order differs (near ties), row ``i`` of the
@@ -544,6 +579,8 @@ def _compare_given(
         rb, rs, rl = _sets(name, again)
         cb, cs, cl = _sets(name, cand)
         return compare_sets(name, rb, cb, rs, cs, rl, cl, rtol, atol)
+    if name in PER_CANDIDATE and "proposals/topk" in again and "proposals/topk" in cand:
+        return _compare_by_anchor(name, again, cand, rtol, atol)
     if st.kind == "index":
         return compare_index(again[name], cand.get(name), name)
     return compare_arrays(again[name], cand.get(name), rtol, atol, name, st.kind)

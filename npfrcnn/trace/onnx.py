@@ -503,6 +503,8 @@ def from_onnxruntime(
     if not Path(path).is_file():
         raise FileNotFoundError(f"from_onnxruntime: no such ONNX file: {where}")
     imgs = _images(images)
+    if isinstance(names, str):
+        names = [names]
     if names is not None and len(names) != len(imgs):
         raise ValueError(f"from_onnxruntime: {len(names)} names for {len(imgs)} images")
     opts = ort.SessionOptions()

@@ -154,7 +154,36 @@ class Rerunner:
             "proposals/keep": p.nms, "proposals/boxes": p.boxes, "proposals/scores": p.scores,
         }
 
-    _decode = _topk = _nms = _proposals = _proposals_all
+    _decode = _topk = _proposals_all
+
+    def _nms(self) -> dict[str, np.ndarray]:
+        """The filters and NMS on the candidate's own top-n candidates (so that the candidate's
+        order of tied candidates is what NMS sees)."""
+        boxes = self.need("proposals/candidates")
+        scores = self.need("proposals/candidate_scores")
+        topk = self.need("proposals/topk")
+        if self.fpn:
+            sizes = []
+            for lvl in self.levels:
+                f = self.need(f"features/{lvl}")
+                sizes.append(int(f.shape[1]) * int(f.shape[2]) * self.model.config.num_anchors)
+            levels = np.searchsorted(np.cumsum(sizes), topk, side="right").astype(np.int64)
+            kept, sel = self.model.parts.rpn.select(boxes, scores, levels)
+            keep = kept[sel]
+            final = keep[: self.model.config.rpn_post_nms_top_n]
+        else:
+            from npfrcnn import boxes as bx
+            from npfrcnn import ops
+
+            cfg = self.model.config
+            keep = np.asarray(ops.nms(bx.to_yxyx(boxes), scores, cfg.rpn_nms_threshold,
+                                      cfg.rpn_post_nms_top_n, backend=self.model.backend),
+                              dtype=np.int64)
+            final = keep
+        return {"proposals/keep": keep, "proposals/boxes": boxes[final],
+                "proposals/scores": scores[final]}
+
+    _proposals = _nms
 
     def _pooled(self) -> dict[str, np.ndarray]:
         feats: Any = self._feature_dict() if self.fpn else self.need("features/0")
