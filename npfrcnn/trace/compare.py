@@ -99,7 +99,8 @@ class ImageComparison:
     index: int
     name: str
     rows: list[Row]
-    error_maps: dict[str, np.ndarray] = field(default_factory=dict)
+    #: stage -> (``max over channels |cand - ref|`` [H, W], the stage's tolerance)
+    error_maps: dict[str, tuple[np.ndarray, float]] = field(default_factory=dict)
 
     @property
     def first_failure(self) -> Row | None:
@@ -405,7 +406,10 @@ def compare_image(
         if name == "detections/candidates":
             det_match = row.match
         if heatmaps and st.group in _MAPPED and row.ref_shape == row.cand_shape:
-            out.error_maps[name] = _error_map(ref.get(name), cand.get(name))
+            r_arr = ref.get(name)
+            finite = np.abs(r_arr[np.isfinite(r_arr)])
+            tol = atol + rtol * (float(finite.max()) if finite.size else 0.0)
+            out.error_maps[name] = (_error_map(r_arr, cand.get(name)), tol)
         if row.failed and rerun is not None and name != "image":
             try:
                 again = rerun(name, cand)

@@ -3,8 +3,8 @@
 Per image: the verdict, the table of :mod:`npfrcnn.trace.compare` (rows out of tolerance in
 red, re-run verdicts named), a heatmap per image-like stage (``input``, ``body/*``,
 ``features/*``) of where the error is (``max over channels |candidate - reference|``, black = 0,
-white = the largest error of that stage; the scale is printed under it), and the detections of
-both traces drawn over the image.
+white = the larger of the stage's largest error and its tolerance, both printed under it: a
+stage within tolerance stays dark), and the detections of both traces drawn over the image.
 """
 
 from __future__ import annotations
@@ -40,13 +40,15 @@ def _png(img: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def heatmap_png(err: np.ndarray, max_side: int = 320) -> tuple[str, float]:
-    """A grey-to-hot PNG data URI of a 2-d error map, and the error that maps to white."""
+def heatmap_png(err: np.ndarray, tol: float = 0.0, max_side: int = 320) -> tuple[str, float]:
+    """A black-red-yellow-white PNG data URI of a 2-d error map, and the error that maps to
+    white: the larger of the map's largest error and ``tol`` (so a map within tolerance stays
+    dark, and the bright spots of one out of tolerance are where the departure is)."""
     from PIL import Image
 
     e = np.asarray(err, dtype=np.float64)
     finite = np.isfinite(e)
-    top = float(e[finite].max()) if finite.any() else 0.0
+    top = max(float(e[finite].max()) if finite.any() else 0.0, tol)
     v = np.zeros_like(e) if top <= 0 else np.clip(np.where(finite, e, top) / top, 0, 1)
     # black -> red -> yellow -> white
     rgb = np.stack([np.clip(3 * v, 0, 1), np.clip(3 * v - 1, 0, 1), np.clip(3 * v - 2, 0, 1)],
@@ -109,10 +111,11 @@ def _image_section(im: ImageComparison, ref: ImageTrace, cand: ImageTrace,
     if im.error_maps:
         out.append("<h3>where the error is (max over channels |candidate − reference|)</h3>"
                    "<div class=maps>")
-        for name, err in im.error_maps.items():
-            uri, top = heatmap_png(err)
+        for name, (err, tol) in im.error_maps.items():
+            uri, top = heatmap_png(err, tol)
             out.append(f"<figure><img src='{uri}' alt='{e(name)}'><figcaption>{e(name)} "
-                       f"{err.shape[0]}x{err.shape[1]}, white = {top:.3g}</figcaption></figure>")
+                       f"{err.shape[0]}x{err.shape[1]}: white = {top:.3g} (tolerance "
+                       f"{tol:.3g})</figcaption></figure>")
         out.append("</div>")
     image = _image_of(ref, cand)
     pics = [(who, t, _detections_png(t, image, classes)) for who, t in
