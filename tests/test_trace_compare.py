@@ -396,3 +396,37 @@ def test_c4_identical_and_planted(c4, monkeypatch, tmp_path):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_slightly_different_decoding_is_a_finding(fpn, tmp_path):
+    """Pixels off by one (another JPEG decoder) are compared, not refused: the first stage out
+    of tolerance is the image itself."""
+    model, ref, _ = fpn
+    from npfrcnn.trace.io import pixels_sha256
+
+    img = IMAGE.copy()
+    img[::7, ::5, 1] ^= 1
+    cand = trace_images(model, [("blobs", img)], tmp_path / "c.h5")
+    with read_trace(cand) as c:
+        assert c.images[0].meta["sha256"] == pixels_sha256(img) != pixels_sha256(IMAGE)
+    cmp, im, bad = first(ref, cand, model)
+    assert bad is not None and bad.stage == "image", verdict(im)
+    assert any("decoded pixels differ" in n for n in cmp.notes)
+
+
+def test_trace_cli_refuses_to_overwrite(fpn, tmp_path):
+    model, ref, folder = fpn
+    from PIL import Image
+
+    Image.fromarray(IMAGE).save(tmp_path / "b.png")
+    out = tmp_path / "t.h5"
+    out.write_bytes(b"keep me")
+    args = [sys.executable, "-m", "npfrcnn.cli", "trace", str(tmp_path / "b.png"), "--weights",
+            str(folder / "model.h5"), "--out", str(out)]
+    p = subprocess.run(args, capture_output=True, text=True)
+    assert p.returncode == 2 and "--overwrite" in p.stderr
+    assert out.read_bytes() == b"keep me"
+    p = subprocess.run(args + ["--overwrite"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    with read_trace(out) as t:
+        assert len(t) == 1 and t.meta["weights_sha256"]
