@@ -87,8 +87,9 @@ def register(sub: Any) -> None:
 def cmd_trace(args: argparse.Namespace, log: Any) -> int:
     from npfrcnn.cli import CommandError, _load_model, describe_os_error, expand_inputs
     from npfrcnn.image import ImageError, load
-    from npfrcnn.trace._npfrcnn import file_sha256, model_meta, trace_image
+    from npfrcnn.trace._npfrcnn import model_meta, trace_image
     from npfrcnn.trace.io import TraceWriter
+    from npfrcnn.weights.hdf5 import file_sha256
 
     paths, problems = expand_inputs(args.inputs)
     if problems:
@@ -128,7 +129,7 @@ def cmd_trace(args: argparse.Namespace, log: Any) -> int:
 def _rerun_model(args: argparse.Namespace, ref: Any, log: Any) -> Any:
     """The model for re-runs: --weights, else the reference trace's own weights file."""
     from npfrcnn.cli import CommandError, _load_model
-    from npfrcnn.trace._npfrcnn import file_sha256
+    from npfrcnn.weights.hdf5 import file_sha256
 
     if args.no_rerun:
         return None

@@ -514,7 +514,7 @@ def test_several_images_npz(model, run, tmp_path):
         assert len(tr) == 2
         for im, img in zip(tr, images, strict=True):
             assert im.meta["sha256"] == pixels_sha256(img)
-            assert im.meta["name"] == f"image{im.index}"
+            assert im.meta["name"] == f"image_{im.index}"
         with read_trace(run["out"]) as one:
             np.testing.assert_array_equal(tr.images[0].raw("detections/boxes"),
                                           one.images[0].raw("detections/boxes"))

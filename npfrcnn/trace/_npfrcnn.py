@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,16 +11,9 @@ import numpy as np
 import numpy.typing as npt
 
 from npfrcnn.trace.io import ImageWriter, TraceWriter, file_meta, pixels_sha256
+from npfrcnn.weights.hdf5 import file_sha256
 
 __all__ = ["trace_images", "trace_image", "model_meta", "file_sha256"]
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def model_meta(model: Any, weights_sha256: str = "", **extra: Any) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from npfrcnn.trace.schema import BOX_FORMATS, FORMAT, LAYOUTS, VERSION, stage_in
 
 __all__ = [
     "TraceError", "TraceWriter", "ImageWriter", "Trace", "ImageTrace", "read_trace",
-    "pixels_sha256", "file_meta",
+    "pixels_sha256", "file_meta", "images_and_names",
 ]
 
 #: Stages whose boxes are in the original image (normalised by ``original_size``).
@@ -37,6 +37,39 @@ _BOX_KINDS = ("boxes", "set")
 
 class TraceError(ValueError):
     """A trace file that does not follow the schema; the message names the file and stage."""
+
+
+def images_and_names(
+    images: Any, names: str | Sequence[str] | None, who: str
+) -> list[tuple[str, npt.NDArray[np.uint8]]]:
+    """The adapters' ``images`` (one uint8 ``[H, W, 3]`` RGB array or a sequence of them) and
+    ``names`` (one str, a sequence, or ``None`` for ``image_0``, ``image_1``, ...) as pairs;
+    a ``ValueError`` naming ``who`` and the image otherwise."""
+    if isinstance(images, np.ndarray) and images.ndim == 3:
+        items: list[Any] = [images]
+    elif isinstance(images, np.ndarray | Sequence) and not isinstance(images, str | bytes):
+        items = list(images)
+    else:
+        raise ValueError(f"{who}: images must be a uint8 [H, W, 3] RGB array or a list of them, "
+                         f"got {type(images).__name__}")
+    if not items:
+        raise ValueError(f"{who}: no images")
+    if isinstance(names, str):
+        names = [names]
+    out_names = [f"image_{i}" for i in range(len(items))] if names is None else [
+        str(n) for n in names]
+    if len(out_names) != len(items):
+        raise ValueError(f"{who}: {len(out_names)} names for {len(items)} images")
+    out = []
+    for i, (name, im) in enumerate(zip(out_names, items, strict=True)):
+        a = np.asarray(im)
+        if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
+            raise ValueError(
+                f"{who}: image {i} ({name!r}) must be a uint8 [H, W, 3] RGB array, got "
+                f"{a.dtype} {a.shape}"
+            )
+        out.append((name, a))
+    return out
 
 
 def pixels_sha256(image: npt.ArrayLike) -> str:

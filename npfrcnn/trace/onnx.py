@@ -57,7 +57,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from npfrcnn.trace.io import TraceError, TraceWriter, file_meta, pixels_sha256
+from npfrcnn.trace.io import (
+    TraceError,
+    TraceWriter,
+    file_meta,
+    images_and_names,
+    pixels_sha256,
+)
 from npfrcnn.trace.schema import FPN_LEVELS, POOLED_LEVELS, stage_info
 
 __all__ = ["export_torchvision", "from_onnxruntime", "read_onnx_meta", "traced_image_size",
@@ -458,23 +464,6 @@ def _parse_props(props: dict[str, str], where: str) -> dict[str, Any]:
 # Running ---------------------------------------------------------------------------------------
 
 
-def _images(images: Any) -> list[npt.NDArray[np.uint8]]:
-    if isinstance(images, np.ndarray) and images.ndim == 3:
-        images = [images]
-    out = []
-    for i, im in enumerate(images):
-        a = np.asarray(im)
-        if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
-            raise ValueError(
-                f"from_onnxruntime: image {i} must be a uint8 [H, W, 3] RGB array, got "
-                f"{a.dtype} {a.shape}"
-            )
-        out.append(a)
-    if not out:
-        raise ValueError("from_onnxruntime: no images")
-    return out
-
-
 def from_onnxruntime(
     path: str | os.PathLike[str],
     images: npt.NDArray[np.uint8] | Sequence[npt.NDArray[np.uint8]],
@@ -502,11 +491,8 @@ def from_onnxruntime(
     where = str(path)
     if not Path(path).is_file():
         raise FileNotFoundError(f"from_onnxruntime: no such ONNX file: {where}")
-    imgs = _images(images)
-    if isinstance(names, str):
-        names = [names]
-    if names is not None and len(names) != len(imgs):
-        raise ValueError(f"from_onnxruntime: {len(names)} names for {len(imgs)} images")
+    pairs = images_and_names(images, names, "from_onnxruntime")
+    imgs = [a for _, a in pairs]
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     try:
@@ -577,7 +563,7 @@ def from_onnxruntime(
                 raise OnnxTraceError(f"{where}: neither an 'input' output nor metadata_props "
                                      f"{META_PREFIX}input_size give the network input's size")
             img = w.image({
-                "name": names[i] if names is not None else f"image{i}",
+                "name": pairs[i][0],
                 "sha256": pixels_sha256(im), "original_size": list(im.shape[:2]),
                 "image_size": image_size, "input_size": input_size,
             })

@@ -59,7 +59,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from npfrcnn.trace.io import ImageWriter, TraceWriter, file_meta, pixels_sha256
+from npfrcnn.trace.io import (
+    ImageWriter,
+    TraceWriter,
+    file_meta,
+    images_and_names,
+    pixels_sha256,
+)
 
 __all__ = ["from_tf"]
 
@@ -76,32 +82,6 @@ def _import_tf() -> Any:
             f"({e}); install it with `pip install tensorflow-cpu`"
         ) from e
     return tf
-
-
-def _images_and_names(
-    images: npt.ArrayLike | Sequence[npt.ArrayLike], names: str | Sequence[str] | None
-) -> list[tuple[str, np.ndarray]]:
-    if isinstance(images, np.ndarray) and images.ndim == 3:
-        items: list[Any] = [images]
-    else:
-        items = list(images)  # type: ignore[arg-type]
-    if isinstance(names, str):
-        names = [names]
-    if names is None:
-        names = [f"image_{i}" for i in range(len(items))]
-    names = list(names)
-    if len(names) != len(items):
-        raise ValueError(f"{len(names)} names for {len(items)} images")
-    out = []
-    for i, (name, im) in enumerate(zip(names, items, strict=True)):
-        a = np.asarray(im)
-        if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
-            raise ValueError(
-                f"image {i} ({name!r}) must be a uint8 [H, W, 3] RGB array, got {a.dtype} "
-                f"{a.shape}"
-            )
-        out.append((str(name), a))
-    return out
 
 
 def _np(t: Any) -> np.ndarray:
@@ -201,7 +181,7 @@ def from_tf(
         ``Path(out)``.
     """
     tf = _import_tf()
-    images_ = _images_and_names(images, names)
+    images_ = images_and_names(images, names, "from_tf")
     if isinstance(reference, (str, os.PathLike)):
         from npfrcnn.config import ModelConfig
         from npfrcnn.trace._npfrcnn import file_sha256

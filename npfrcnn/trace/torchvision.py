@@ -63,7 +63,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from npfrcnn.trace.io import ImageWriter, TraceError, TraceWriter, file_meta, pixels_sha256
+from npfrcnn.trace.io import (
+    ImageWriter,
+    TraceError,
+    TraceWriter,
+    file_meta,
+    images_and_names,
+    pixels_sha256,
+)
 
 __all__ = ["from_torchvision"]
 
@@ -83,22 +90,6 @@ def _patched(obj: Any, name: str, new: Any) -> Iterator[None]:
             setattr(obj, name, old)
         else:
             delattr(obj, name)
-
-
-def _as_images(images: Any) -> list[npt.NDArray[np.uint8]]:
-    if isinstance(images, np.ndarray) and images.ndim == 3:
-        images = [images]
-    out = []
-    for i, im in enumerate(images):
-        a = np.asarray(im)
-        if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
-            raise ValueError(
-                f"image {i} must be a uint8 [H, W, 3] RGB array, got {a.dtype} {a.shape}"
-            )
-        out.append(a)
-    if not out:
-        raise ValueError("no images to trace")
-    return out
 
 
 def _num_classes(model: Any) -> int:
@@ -200,12 +191,7 @@ def from_torchvision(
         )
     if model.training:
         raise ValueError("model must be in eval mode (model.eval()): training mode returns losses")
-    imgs = _as_images(images)
-    if names is None:
-        names = [f"image-{i}" for i in range(len(imgs))]
-    names = [names] if isinstance(names, str) else [str(n) for n in names]
-    if len(names) != len(imgs):
-        raise ValueError(f"{len(names)} names for {len(imgs)} images")
+    pairs = images_and_names(images, names, "from_torchvision")
 
     meta = file_meta(
         "fpn", profile=profile,
@@ -430,7 +416,7 @@ def from_torchvision(
         stack.enter_context(_patched(poolers, "_multiscale_roi_align", msra))
         writer = stack.enter_context(TraceWriter(path, meta))
         device = next(iter(model.parameters())).device
-        for name, image in zip(names, imgs, strict=True):
+        for name, image in pairs:
             r = _Run(writer, name, image)
             state.append(r)
             try:
