@@ -42,7 +42,6 @@ Tolerances (float32, eps = 2**-23), as in test_torchvision_parity.py:
 
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 import textwrap
@@ -54,6 +53,13 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
 import tv_models  # noqa: E402
+from test_torchvision_parity import (  # noqa: E402  (the parity tests' tolerances)
+    box_tol,
+    conv_tol,
+    k_max,
+    path_layers,
+    synthetic,
+)
 from torch.nn import functional as F  # noqa: E402
 from torchvision.models.detection.rpn import concat_box_prediction_layers  # noqa: E402
 from torchvision.ops import boxes as box_ops  # noqa: E402
@@ -68,41 +74,6 @@ from npfrcnn.weights.convert_torchvision import torchvision_to_hdf5  # noqa: E40
 
 EPS32 = float(np.finfo(np.float32).eps)
 LEVELS = ("0", "1", "2", "3", "pool")
-
-
-def conv_tol(ref: np.ndarray, layers: int, k_max: int) -> float:
-    """Absolute tolerance for a float32 conv/Linear chain (module docstring)."""
-    scale = float(np.abs(ref).max()) if ref.size else 0.0
-    return 4.0 * layers * math.sqrt(k_max) * EPS32 * scale
-
-
-def box_tol(ref: np.ndarray) -> float:
-    return 8.0 * EPS32 * (float(np.abs(ref).max()) if ref.size else 0.0) + 8.0 * EPS32
-
-
-def path_layers(model: FasterRCNN) -> int:
-    c = model.config
-    return 1 + 3 * sum(c.units_per_block) + 2 + c.rpn_conv_depth + len(c.box_head_convs) + 3
-
-
-def k_max(model: FasterRCNN) -> int:
-    c = model.config
-    return max(9 * max(c.bottleneck_widths), 9 * c.fpn_channels, 2048,
-               c.fpn_channels * 49, c.representation_size)
-
-
-def synthetic(h: int, w: int, seed: int) -> np.ndarray:
-    """A smooth random image with flat regions (ties) and edges, uint8 RGB."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    img = np.zeros((h, w, 3), np.float64)
-    for c in range(3):
-        fy, fx, ph = rng.uniform(0.01, 0.08, 3)
-        img[..., c] = 127 + 100 * np.sin(fy * yy + ph) * np.cos(fx * xx)
-    y0, x0 = h // 4, w // 3
-    img[y0 : y0 + h // 3, x0 : x0 + w // 4] = rng.integers(0, 255, 3)
-    img += rng.normal(0, 6, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 IMAGE = synthetic(150, 220, 1)
