@@ -125,6 +125,109 @@ def photo_image(path: str, height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR))
 
 
+# --- arithmetic --------------------------------------------------------------------------------
+
+
+def count_flops(model: Any, image: np.ndarray) -> dict[str, float]:
+    """Floating-point operations per stage of one ``detect`` (multiply and add counted apart):
+    every ``ops.conv2d`` (``2 * output size * kh * kw * cin``) and ``ops.dense``
+    (``2 * rows * in * out``), attributed to the stage whose method called it. One extra,
+    untimed detection with ``npfrcnn.ops`` wrapped; the other stages' arithmetic (NMS, RoI
+    pooling, decoding) is not GEMM work and is not counted."""
+    import npfrcnn.ops as ops
+
+    counts: dict[str, float] = {}
+    current = ["other"]
+    conv, dense = ops.conv2d, ops.dense
+
+    def conv2d(x: Any, kernel: Any, *a: Any, **kw: Any) -> Any:
+        out = conv(x, kernel, *a, **kw)
+        kh, kw_, cin = (int(s) for s in np.shape(kernel)[:3])
+        counts[current[0]] = counts.get(current[0], 0.0) + 2.0 * out.size * kh * kw_ * cin
+        return out
+
+    def dense_(x: Any, w: Any, *a: Any, **kw: Any) -> Any:
+        out = dense(x, w, *a, **kw)
+        rows = int(np.prod(np.shape(x)[:-1]))
+        n_in, n_out = (int(s) for s in np.shape(w)[:2])
+        counts[current[0]] = counts.get(current[0], 0.0) + 2.0 * rows * n_in * n_out
+        return out
+
+    def staged(name: str, fn: Any) -> Any:
+        def call(*a: Any, **kw: Any) -> Any:
+            outer = current[0]
+            current[0] = name
+            try:
+                return fn(*a, **kw)
+            finally:
+                current[0] = outer
+        return call
+
+    saved = {k: getattr(model, k) for k in ("features", "rpn")}
+    parts = {k: getattr(model.parts, k) for k in ("box_head", "predictor")}
+    ops.conv2d, ops.dense = conv2d, dense_  # type: ignore[assignment]
+    try:
+        model.features = staged("features", saved["features"])
+        model.rpn = staged("rpn", saved["rpn"])
+        model.parts.box_head = staged("head", parts["box_head"])
+        model.parts.predictor = staged("head", parts["predictor"])
+        model.detect(image)
+    finally:
+        ops.conv2d, ops.dense = conv, dense  # type: ignore[assignment]
+        for k in saved:
+            delattr(model, k)
+        for k, v in parts.items():
+            setattr(model.parts, k, v)
+    return counts
+
+
+def sgemm_ceiling(n: int = 2048, runs: int = 5) -> float:
+    """This machine's float32 GEMM rate now, GFLOP/s: the median of ``runs`` ``n x n x n``
+    ``np.matmul`` calls (OpenBLAS, the threads this process has) after one warm-up."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    np.matmul(a, b)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        np.matmul(a, b)
+        times.append(time.perf_counter() - t)
+    return 2.0 * n**3 / float(np.median(times)) / 1e9
+
+
+def format_arithmetic(results: dict[str, dict[str, Any]], names: dict[str, str]) -> str:
+    """Per stage: GFLOP (from npfrcnn's count) and each system's GFLOP/s (median stage time),
+    beside the sgemm ceiling measured in the same run."""
+    src = next((r for r in results.values() if "flops" in r and "error" not in r), None)
+    if src is None:
+        return ""
+    flops = src["flops"]
+    cols = [b for b in results if "error" not in results[b]]
+    ceil = [results[b]["sgemm_gflops"] for b in cols if "sgemm_gflops" in results[b]]
+    lines = ["| stage | GFLOP | " + " | ".join(f"{names.get(b, b)} GFLOP/s" for b in cols)
+             + " |", "|---|---:|" + "---:|" * len(cols)]
+    stages = [s for s in ("features", "rpn", "head") if s in flops]
+    for s in stages:
+        cells = []
+        for b in cols:
+            sec = _median(results[b]["runs"], s if s != "head" else "head")
+            cells.append(f"{flops[s] / sec / 1e9:.0f}" if sec > 0 else "-")
+        lines.append(f"| {s} | {flops[s] / 1e9:.1f} | " + " | ".join(cells) + " |")
+    total = sum(flops.values())
+    cells = [f"{total / _median(results[b]['runs'], 'total') / 1e9:.0f}" for b in cols]
+    lines.append(f"| **total** | {total / 1e9:.1f} | " + " | ".join(cells) + " |")
+    if ceil:
+        lines.append("")
+        lines.append(
+            "sgemm ceiling (2048^3 np.matmul, median of 5, in each npfrcnn child): "
+            + ", ".join(f"{c:.0f}" for c in ceil) + " GFLOP/s; each stage's GFLOP/s above is its "
+            "convolution/GEMM arithmetic over its whole time, so the gap to the ceiling is what "
+            "the stage spends outside GEMM-rate arithmetic."
+        )
+    return "\n".join(lines)
+
+
 # --- children --------------------------------------------------------------------------------
 
 
@@ -192,6 +295,8 @@ def _run_npfrcnn(backend: str, weights: str, image: np.ndarray, runs: int,
     timed = _timed_runs(once, first, runs)
     out = {"load_s": load_s, "rss_loaded_kib": rss_loaded, "first": first, "runs": timed,
            "detections": int(np.asarray(dets.scores).shape[0])}
+    out["flops"] = count_flops(model, image)
+    out["sgemm_gflops"] = sgemm_ceiling()
     if dets_out:
         # npfrcnn's labels are 0-based without the background: torchvision's are labels + 1
         _save_dets(dets_out, dets.boxes, np.asarray(dets.labels) + 1, dets.scores)
@@ -830,7 +935,8 @@ def main_torchvision(args: argparse.Namespace, backends: list[str], argv: list[s
                 )
     verdicts = tv_verdicts(results, "cpu" if "cpu" in results else backends[0])
     table = format_tv_table(results, header)
-    text = table + "\n\n" + "\n\n".join(notes + verdicts)
+    arith = format_arithmetic(results, _TV_NAMES)
+    text = table + ("\n\n" + arith if arith else "") + "\n\n" + "\n\n".join(notes + verdicts)
     print(text)
     if args.write:
         from _harness import replace_section
@@ -962,6 +1068,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {b}: median total {_median(results[b]['runs'], 'total'):.3f} s",
                       file=sys.stderr, flush=True)
     table = format_table(results, header)
+    arith = format_arithmetic(results, {"cpu": "npfrcnn cpu", "numpy": "npfrcnn numpy",
+                                        "tf": "TF"})
+    if arith:
+        table += "\n\n" + arith
     print(table)
     if args.write:
         from _harness import git_revision, machine_description, replace_section
