@@ -1040,6 +1040,134 @@ def cmd_detect(args: argparse.Namespace, log: _Log) -> int:
         Image.MAX_IMAGE_PIXELS = saved
 
 
+@dataclass
+class _Outcome:
+    """One image's detection (in-process or from a Dask worker), or why it failed."""
+
+    width: int = 0
+    height: int = 0
+    boxes: Any = None
+    labels: Any = None
+    scores: Any = None
+    row: dict[str, float] = field(default_factory=dict)
+    image: Any = None  # the decoded image, when it was decoded here (for --draw)
+    worker: str = ""
+    error: str | None = None  # the message after "skipped"
+
+
+def _local_outcomes(
+    model: Any, paths: list[str], todo: list[int], args: argparse.Namespace
+) -> Iterator[tuple[int, _Outcome]]:
+    from npfrcnn.image import ImageError, load
+
+    for i in todo:
+        path = paths[i]
+        row: dict[str, float] = {}
+        try:
+            t = time.perf_counter()
+            image = load(path)
+            row["load"] = time.perf_counter() - t
+            stage: dict[str, float] = {}
+            t = time.perf_counter()
+            dets = model.detect(
+                image, min_prob=args.min_prob, max_detections=args.max_detections,
+                timings=stage,
+            )
+            detect_s = time.perf_counter() - t
+        except ImageError as e:
+            yield i, _Outcome(error=f": {e}")
+            continue
+        except Exception as e:  # keep going past one bad image; report it
+            cache = _numba_cache_problem(e)
+            if cache is not None:
+                raise CommandError(cache) from None
+            yield i, _Outcome(error=f" {path}: {type(e).__name__}: {e}")
+            continue
+        for s in (*STAGES, *sorted(set(stage) - set(STAGES))):
+            if s in stage:
+                row[s] = float(stage[s])
+        row["detect"] = detect_s
+        yield i, _Outcome(int(image.shape[1]), int(image.shape[0]), dets.boxes, dets.labels,
+                          dets.scores, row, image)
+
+
+def add_dask_arguments(p: argparse.ArgumentParser) -> None:
+    """``--workers``, ``--scheduler`` and ``--batch-size`` (Dask; the ``dask`` extra)."""
+    g = p.add_argument_group(
+        "Dask (pip install \"npfrcnn[dask]\")",
+        "Run on Dask distributed: --workers N starts a local cluster of N worker processes; "
+        "--scheduler (or DASK_SCHEDULER_ADDRESS) uses an existing cluster. Each worker loads "
+        "the model once (the weights are sent to it); results stream back in input order.",
+    )
+    g.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                   help="a local Dask cluster of N worker processes")
+    g.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                   help="an existing Dask scheduler (default: $DASK_SCHEDULER_ADDRESS)")
+    g.add_argument("--batch-size", type=positive_int, default=4, metavar="N",
+                   help="images per Dask task (default 4)")
+
+
+def _wants_dask(args: argparse.Namespace) -> bool:
+    """``--workers`` or ``--scheduler`` given, or ``DASK_SCHEDULER_ADDRESS`` set."""
+    return bool(getattr(args, "workers", None) or getattr(args, "scheduler", None)
+                or (hasattr(args, "workers") and os.environ.get("DASK_SCHEDULER_ADDRESS")))
+
+
+class _ClientModel:
+    """What the client of a Dask run needs of the model: its classes (the weights are
+    validated completely here, then dropped; the workers load them)."""
+
+    def __init__(self, weights: str):
+        from npfrcnn.weights.hdf5 import read
+
+        wf = read(weights)
+        self.classes = list(wf.classes)
+        self.config = wf.config
+        self.provenance = wf.provenance
+
+
+def _dask_executor(args: argparse.Namespace, log: _Log) -> Any:
+    from npfrcnn.distributed import DaskError, DaskExecutor
+
+    if getattr(args, "workers", None) and getattr(args, "scheduler", None):
+        raise CommandError("give --workers (a local cluster) or --scheduler (an existing "
+                           "one), not both", usage=True)
+    try:
+        return DaskExecutor(
+            args.weights, workers=args.workers, scheduler=args.scheduler,
+            backend=args.backend, batch_size=args.batch_size, log=log.info,
+        )
+    except DaskError as e:
+        raise CommandError(str(e)) from None
+
+
+def _dask_outcomes(
+    executor: Any, paths: list[str], todo: list[int], args: argparse.Namespace
+) -> Iterator[tuple[int, _Outcome]]:
+    from npfrcnn.distributed import DaskError
+
+    options = {"min_prob": args.min_prob, "max_detections": args.max_detections,
+               "decoder": "exif", "max_pixels": args.max_pixels}
+    try:
+        for i, res in executor.map("detect", [(i, paths[i]) for i in todo], options):
+            if not res.get("ok"):
+                # as in-process: "skipped: <the image error>", "skipped <path>: <Type>: ..."
+                sep = ": " if res.get("image_error", True) else " "
+                yield i, _Outcome(error=f"{sep}{res.get('error')}")
+                continue
+            row = {k: float(v) for k, v in res.get("timings", {}).items()}
+            yield i, _Outcome(
+                int(res["width"]), int(res["height"]),
+                np.asarray(res["boxes"], np.float32).reshape(-1, 4),
+                np.asarray(res["labels"], np.int64).reshape(-1),
+                np.asarray(res["scores"], np.float32).reshape(-1), row,
+                worker=str(res.get("worker", "")),
+            )
+    except DaskError as e:
+        raise CommandError(f"{e}; the finished images are kept (continue with --resume)",
+                           EXIT_IO) from None
+
+
 def _detect(args: argparse.Namespace, log: _Log) -> int:
     from npfrcnn.image import ImageError, load
 
@@ -1086,8 +1214,10 @@ def _detect(args: argparse.Namespace, log: _Log) -> int:
             "shapes: rectangle, ellipse, triangle); pass --weights for your own model"
         )
     t0 = time.perf_counter()
+    distributed = _wants_dask(args)
     try:
-        model = _load_model(args.weights, args.backend)
+        model: Any = _ClientModel(args.weights) if distributed else _load_model(
+            args.weights, args.backend)
     except (ValueError, OSError, NotImplementedError) as e:  # WeightsError is a ValueError
         detail = describe_os_error(e) if isinstance(e, OSError) else str(e)
         raise CommandError(f"cannot load weights {args.weights}: {detail}") from None
@@ -1133,9 +1263,15 @@ def _detect(args: argparse.Namespace, log: _Log) -> int:
                  f"{args.output}; {len(todo)} to do")
     records = list(previous)
     timings = _Timings()
-    log.info(f"{len(todo)} image(s), backend {args.backend}")
+    executor = _dask_executor(args, log) if distributed else None
+    log.info(f"{len(todo)} image(s), backend {args.backend}"
+             + (f", on Dask ({executor.describe()})" if executor is not None else ""))
     progress = _Progress(log, len(todo), every_s=math.inf)
     n_new = 0
+    if executor is not None:
+        outcomes: Iterator[tuple[int, _Outcome]] = _dask_outcomes(executor, paths, todo, args)
+    else:
+        outcomes = _local_outcomes(model, paths, todo, args)
 
     def emit(record: dict[str, Any]) -> None:
         line = json.dumps(record)
@@ -1153,46 +1289,27 @@ def _detect(args: argparse.Namespace, log: _Log) -> int:
             sink.close()
 
     try:
-        for k, i in enumerate(todo):
+        for k, (i, out) in enumerate(outcomes):
             path = paths[i]
-            row: dict[str, float] = {}
-            try:
-                t = time.perf_counter()
-                image = load(path)
-                row["load"] = time.perf_counter() - t
-                stage: dict[str, float] = {}
-                t = time.perf_counter()
-                dets = model.detect(
-                    image, min_prob=args.min_prob, max_detections=args.max_detections,
-                    timings=stage,
-                )
-                detect_s = time.perf_counter() - t
-                for s in (*STAGES, *sorted(set(stage) - set(STAGES))):
-                    if s in stage:
-                        row[s] = float(stage[s])
-                row["detect"] = detect_s
-            except ImageError as e:
-                log.error(f"skipped: {e}")
+            if out.error is not None:
+                log.error(f"skipped{out.error}")
                 failed += 1
                 progress.update(k + 1, path)
                 continue
-            except Exception as e:  # keep going past one bad image; report it
-                cache = _numba_cache_problem(e)
-                if cache is not None:
-                    raise CommandError(cache) from None
-                log.error(f"skipped {path}: {type(e).__name__}: {e}")
-                failed += 1
-                progress.update(k + 1, path)
-                continue
-            h, w = int(image.shape[0]), int(image.shape[1])
-            record = detection_record(path, ids[i], w, h, dets.boxes, dets.labels, dets.scores,
+            row = out.row
+            w, h = out.width, out.height
+            record = detection_record(path, ids[i], w, h, out.boxes, out.labels, out.scores,
                                       classes)
             if draw_dir is not None:  # first, so that an image in --output has its drawing
                 t = time.perf_counter()
                 target = draw_targets[i]
                 try:
-                    draw_and_save(image, dets.boxes, dets.labels, dets.scores, classes, target,
+                    image = out.image if out.image is not None else load(path)
+                    draw_and_save(image, out.boxes, out.labels, out.scores, classes, target,
                                   draws[i][1])
+                except ImageError as e:  # changed since a worker read it
+                    log.error(f"{path}: could not draw it: {e}")
+                    failed += 1
                 except OSError as e:  # e.g. disk full: the detections still stand
                     log.error(f"{path}: could not write the drawing: {describe_os_error(e)}")
                     failed += 1
@@ -1203,10 +1320,13 @@ def _detect(args: argparse.Namespace, log: _Log) -> int:
             row["total"] = sum(v for s, v in row.items() if s in ("load", "detect", "draw"))
             timings.add(row, (w, h))
             log.line(f"image {k + 1}/{len(todo)} {path} {w}x{h}: "
-                     f"{_counts(dets.labels, classes)}, {_secs(row['total'])}")
+                     f"{_counts(out.labels, classes)}, {_secs(row['total'])}"
+                     + (f" [{out.worker}]" if out.worker else ""))
             progress.update(k + 1, path)
     except BaseException as e:
         progress.close()
+        if executor is not None:
+            executor.close()
         if isinstance(e, (KeyboardInterrupt, OSError)):
             kept = []
             if args.output is not None and records:
@@ -1227,6 +1347,10 @@ def _detect(args: argparse.Namespace, log: _Log) -> int:
             sink.close()
         raise
     progress.close()
+    if executor is not None:
+        alive = executor.workers_alive()
+        executor.close()
+        log.info(f"Dask: {alive} worker(s) alive at the end")
     finish_outputs()
     if not args.quiet:
         log.line(timings.speed(args.backend))
@@ -1600,6 +1724,7 @@ never overwritten: an input image, --weights or --coco-gt (also through a link);
     )
     d.add_argument("--timings", action="store_true",
                    help="also print the per-stage timing table (first image and median)")
+    add_dask_arguments(d)
     d.add_argument("--quiet", "-q", action="store_true",
                    help="no per-image lines, progress, summary or info messages (errors still "
                    "shown)")

@@ -289,7 +289,7 @@ def evaluate_detections(
 
 def evaluate_model(
     weights: str, dataset: Any, *, use_tf: bool = False, backend: str = "cpu",
-    on_image: Any = None,
+    on_image: Any = None, executor: Any = None,
 ) -> dict[str, Any]:
     """Detect on every sample of ``dataset`` and compute COCO metrics and VOC AP
     (:func:`evaluate_detections`).
@@ -297,7 +297,9 @@ def evaluate_model(
     ``use_tf`` runs the same weights through the TensorFlow reference network instead of
     npfrcnn's NumPy model. ``on_image(k, n, sample, detections, seconds)`` is called after
     each image (``k`` 1-based). Every image must have the size its annotation states (as
-    ``train`` requires). Returns ``{"weights", "engine", "images", "coco": {...}, "voc":
+    ``train`` requires). ``executor`` (a :class:`npfrcnn.distributed.DaskExecutor`) detects on
+    its workers instead; the metrics are computed here from the gathered detections.
+    Returns ``{"weights", "engine", "images", "coco": {...}, "voc":
     {"mAP", "AP_per_class"}, "ground_truth", "detections"}``.
 
     Raises:
@@ -317,6 +319,10 @@ def evaluate_model(
             f"the dataset's classes {missing} are not classes of {weights} ({wf.classes}); "
             "evaluate a model trained on these classes"
         )
+    if executor is not None:
+        if use_tf:
+            raise DataError("--tf runs in this process only; leave out --workers/--scheduler")
+        return _evaluate_on_dask(weights, dataset, wf.classes, executor, on_image)
     if use_tf:
         from npfrcnn.config import FPNConfig
 
@@ -356,6 +362,46 @@ def evaluate_model(
             on_image(k, n, s, d, time.perf_counter() - t)
     result = evaluate_detections(dataset, dets, list(wf.classes))
     return {"weights": str(weights), "engine": "tensorflow" if use_tf else f"npfrcnn-{backend}",
+            "images": len(dataset), **result}
+
+
+def _evaluate_on_dask(
+    weights: str, dataset: Any, classes: list[str], executor: Any, on_image: Any
+) -> dict[str, Any]:
+    """:func:`evaluate_model` with the detections from Dask workers (images decoded there as
+    :func:`npfrcnn.data.load_image` does: stored orientation)."""
+    from npfrcnn.data import DataError
+    from npfrcnn.distributed import DaskError
+
+    samples = list(dataset.samples)
+    dets = []
+    n = len(samples)
+    t = time.perf_counter()
+    try:
+        results = executor.map("detect", [(k, str(s.path)) for k, s in enumerate(samples)],
+                               {"decoder": "stored"})
+        for k, res in results:
+            s = samples[k]
+            if not res.get("ok"):
+                raise DataError(f"image {str(s.path)!r}: {res.get('error')}")
+            if (int(res["height"]), int(res["width"])) != (s.height, s.width):
+                raise DataError(
+                    f"image {str(s.path)!r} is {res['width']}x{res['height']} but its "
+                    f"annotation says {s.width}x{s.height}; fix the annotation's width and "
+                    "height (or the image)"
+                )
+            d = {"boxes": np.asarray(res["boxes"], np.float64).reshape(-1, 4),
+                 "scores": np.asarray(res["scores"], np.float64).reshape(-1),
+                 "classes": np.asarray(res["labels"], np.int64).reshape(-1)}
+            dets.append(d)
+            if on_image is not None:
+                now = time.perf_counter()
+                on_image(k + 1, n, s, d, now - t)
+                t = now
+    except DaskError as e:
+        raise DataError(f"the Dask cluster failed: {e}") from None
+    result = evaluate_detections(dataset, dets, list(classes))
+    return {"weights": str(weights), "engine": f"npfrcnn-{executor.backend} on Dask",
             "images": len(dataset), **result}
 
 
@@ -406,11 +452,17 @@ def cmd_eval(args: argparse.Namespace, log: Any) -> int:
                  f"{s.boxes.shape[0]} ground truth, {seconds:.2f} s")
         progress.update(k, str(s.path))
 
+    from npfrcnn.cli import _dask_executor, _wants_dask
+
+    args.weights = weights
+    executor = _dask_executor(args, log) if _wants_dask(args) else None
     try:
         result = evaluate_model(weights, ds, use_tf=args.tf, backend=args.backend,
-                                on_image=on_image)
+                                on_image=on_image, executor=executor)
     finally:
         progress.close()
+        if executor is not None:
+            executor.close()
     result["data"] = str(args.data)
     sys.stdout.write(format_eval(result, str(args.data)) + "\n")
     sys.stdout.flush()
@@ -651,6 +703,9 @@ widths:  --width W gives bottleneck widths W, 2W, 4W, 8W (blocks 1-4), root W an
     e.add_argument("--tf", action="store_true",
                    help="run the TensorFlow reference network instead (needs TensorFlow)")
     e.add_argument("--backend", default="cpu", choices=("cpu", "numpy"))
+    from npfrcnn.cli import add_dask_arguments
+
+    add_dask_arguments(e)
     _quiet(e)
     e.set_defaults(func=cmd_eval)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import zipfile
@@ -302,22 +303,29 @@ class ImageTrace:
 class Trace:
     """A trace file opened for reading (a context manager; :func:`read_trace`)."""
 
-    def __init__(self, path: str | os.PathLike[str]):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike[str] | io.BytesIO):
+        source: Any = path
+        if isinstance(path, io.BytesIO):
+            self.path = Path("<in memory>")
+        else:
+            self.path = Path(path)
+            source = self.path
         self._h5: Any = None
         self._npz: Any = None
         where = str(self.path)
-        if not self.path.exists():
+        if not isinstance(path, io.BytesIO) and not self.path.exists():
             raise TraceError(f"{where}: no such trace file")
         try:
-            if zipfile.is_zipfile(self.path):
-                self._npz = np.load(self.path, allow_pickle=False)
+            if zipfile.is_zipfile(source):
+                if isinstance(source, io.BytesIO):
+                    source.seek(0)
+                self._npz = np.load(source, allow_pickle=False)
                 keys = list(self._npz.files)
                 meta_text = str(self._npz["meta"][()]) if "meta" in keys else None
             else:
                 import h5py
 
-                self._h5 = h5py.File(self.path, "r")
+                self._h5 = h5py.File(source, "r")
                 keys = []
                 self._h5.visit(lambda k: keys.append(k))
                 keys = [k for k in keys if isinstance(self._h5[k], h5py.Dataset)]
@@ -409,6 +417,7 @@ class Trace:
         return len(self.images)
 
 
-def read_trace(path: str | os.PathLike[str]) -> Trace:
-    """Open a trace (HDF5 or ``.npz``); raises :class:`TraceError` naming what is wrong."""
+def read_trace(path: str | os.PathLike[str] | io.BytesIO) -> Trace:
+    """Open a trace (HDF5 or ``.npz``, a path or an in-memory file); raises
+    :class:`TraceError` naming what is wrong."""
     return Trace(path)
