@@ -1272,6 +1272,7 @@ def _detect(args: argparse.Namespace, log: _Log) -> int:
         outcomes: Iterator[tuple[int, _Outcome]] = _dask_outcomes(executor, paths, todo, args)
     else:
         outcomes = _local_outcomes(model, paths, todo, args)
+    run_t0 = time.perf_counter()
 
     def emit(record: dict[str, Any]) -> None:
         line = json.dumps(record)
@@ -1319,9 +1320,13 @@ def _detect(args: argparse.Namespace, log: _Log) -> int:
             n_new += 1
             row["total"] = sum(v for s, v in row.items() if s in ("load", "detect", "draw"))
             timings.add(row, (w, h))
+            where = ""
+            if executor is not None:
+                rate = (k + 1) / max(time.perf_counter() - run_t0, 1e-9)
+                where = (f" [{out.worker}; {executor.workers_alive()} worker(s) alive, "
+                         f"{rate:.2f} images/s]")
             log.line(f"image {k + 1}/{len(todo)} {path} {w}x{h}: "
-                     f"{_counts(out.labels, classes)}, {_secs(row['total'])}"
-                     + (f" [{out.worker}]" if out.worker else ""))
+                     f"{_counts(out.labels, classes)}, {_secs(row['total'])}{where}")
             progress.update(k + 1, path)
     except BaseException as e:
         progress.close()
@@ -1350,7 +1355,10 @@ def _detect(args: argparse.Namespace, log: _Log) -> int:
     if executor is not None:
         alive = executor.workers_alive()
         executor.close()
-        log.info(f"Dask: {alive} worker(s) alive at the end")
+        wall = time.perf_counter() - run_t0
+        log.info(f"Dask: {n_new} image(s) in {wall:.1f} s ({n_new / max(wall, 1e-9):.2f} "
+                 f"images/s, the stages below summed over every worker); {alive} worker(s) "
+                 "alive at the end")
     finish_outputs()
     if not args.quiet:
         log.line(timings.speed(args.backend))
@@ -1370,7 +1378,9 @@ def _detect(args: argparse.Namespace, log: _Log) -> int:
     if failed:
         log.error(f"{failed} input(s) failed, {ok} image(s) processed")
         return EXIT_SOME_FAILED
-    log.info(f"{ok} image(s) processed")
+    wall = time.perf_counter() - run_t0
+    log.info(f"{ok} image(s) processed in {wall:.1f} s ({n_new / max(wall, 1e-9):.2f} "
+             "images/s)")
     return EXIT_OK
 
 
