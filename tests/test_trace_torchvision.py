@@ -60,6 +60,7 @@ from test_torchvision_parity import (  # noqa: E402  (the parity tests' toleranc
     path_layers,
     synthetic,
 )
+from test_torchvision_parity import match_sets as parity_match_sets  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 from torchvision.models.detection.rpn import concat_box_prediction_layers  # noqa: E402
 from torchvision.ops import boxes as box_ops  # noqa: E402
@@ -344,32 +345,17 @@ def test_rpn_and_box_filters_that_drop_candidates(traced, ours, tmp_path):
 
 
 def match_sets(boxes, labels, scores, rb, rl, rs, score_tol):
-    """The same detections as a set (as test_torchvision_parity.match_sets).
+    """The same detections as a set: test_torchvision_parity.match_sets on trace arrays."""
+    from types import SimpleNamespace
 
-    Each detection is matched one to one by label, IoU >= 0.99 and score within ``score_tol``.
-    Detections left over on both sides must pair up by label with scores within ``score_tol``:
-    near-ties (random weights give grids of boxes whose scores differ in the 7th digit) that
-    the convolutions' rounding ranks in another order, so NMS and the per-image cut keep
-    another member of the tie. The count is identical.
-    """
-    assert len(boxes) == len(rl), f"{len(boxes)} detections vs torchvision's {len(rl)}"
-    used = np.zeros(len(rl), bool)
-    left = []
-    for b, lab, s in zip(boxes, labels, scores, strict=True):
-        x1, y1 = np.maximum(b[0], rb[:, 0]), np.maximum(b[1], rb[:, 1])
-        x2, y2 = np.minimum(b[2], rb[:, 2]), np.minimum(b[3], rb[:, 3])
-        inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-        union = (b[2] - b[0]) * (b[3] - b[1]) + (rb[:, 2] - rb[:, 0]) * (rb[:, 3] - rb[:, 1])
-        iou = inter / np.maximum(union - inter, 1e-12)
-        cand = np.flatnonzero((~used) & (rl == lab) & (iou >= 0.99) & (np.abs(rs - s) <= score_tol))
-        if cand.size:
-            used[cand[0]] = True
-        else:
-            left.append((int(lab), float(s)))
-    for lab, s in left:
-        cand = np.flatnonzero((~used) & (rl == lab) & (np.abs(rs - s) <= score_tol))
-        assert cand.size, f"a detection of label {lab}, score {s} has no match"
-        used[cand[np.argmin(np.abs(rs[cand] - s))]] = True
+    class Dets(SimpleNamespace):
+        def __len__(self) -> int:
+            return len(self.boxes)
+
+    ref = {"boxes": torch.from_numpy(rb), "labels": torch.from_numpy(rl + 1),
+           "scores": torch.from_numpy(rs)}
+    parity_match_sets(Dets(boxes=boxes, labels=labels, scores=scores), ref,
+                      score_tol, "detections")
 
 
 # (c) the model is unchanged, hooks and patches removed ---------------------------------------
