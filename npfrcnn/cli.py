@@ -776,6 +776,33 @@ def _provenance(weights: str) -> dict[str, Any]:
         return {}
 
 
+def hashes_file(output: str | os.PathLike[str]) -> Path:
+    """The file beside ``detect --output FILE`` that lists each finished image's content hash
+    (``FILE.sha256``: one JSON line ``{"path", "sha256"}`` per line of FILE, written with it),
+    so that ``--resume`` skips an image only if it is the same file with the same bytes."""
+    p = Path(output)
+    return p.with_name(p.name + ".sha256")
+
+
+def _read_hashes(output: str) -> dict[str, str]:
+    """``path -> sha256`` from :func:`hashes_file` (empty when there is none: an output of an
+    older npfrcnn; its images are then matched by path alone). A torn last line is skipped."""
+    f = hashes_file(output)
+    if not f.exists():
+        return {}
+    lines, _, _ = read_lines(f)
+    out: dict[str, str] = {}
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("path"), str) and isinstance(
+                rec.get("sha256"), str):
+            out[rec["path"]] = rec["sha256"]
+    return out
+
+
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -1052,6 +1079,7 @@ class _Outcome:
     row: dict[str, float] = field(default_factory=dict)
     image: Any = None  # the decoded image, when it was decoded here (for --draw)
     worker: str = ""
+    sha256: str = ""  # of the file's bytes (for --resume)
     error: str | None = None  # the message after "skipped"
 
 
@@ -1087,8 +1115,12 @@ def _local_outcomes(
             if s in stage:
                 row[s] = float(stage[s])
         row["detect"] = detect_s
+        try:
+            digest = _sha256(path)
+        except OSError:
+            digest = ""
         yield i, _Outcome(int(image.shape[1]), int(image.shape[0]), dets.boxes, dets.labels,
-                          dets.scores, row, image)
+                          dets.scores, row, image, sha256=digest)
 
 
 def add_dask_arguments(p: argparse.ArgumentParser) -> None:
@@ -1161,7 +1193,7 @@ def _dask_outcomes(
                 np.asarray(res["boxes"], np.float32).reshape(-1, 4),
                 np.asarray(res["labels"], np.int64).reshape(-1),
                 np.asarray(res["scores"], np.float32).reshape(-1), row,
-                worker=str(res.get("worker", "")),
+                worker=str(res.get("worker", "")), sha256=str(res.get("sha256", "")),
             )
     except DaskError as e:
         raise CommandError(f"{e}; the finished images are kept (continue with --resume)",
@@ -1240,13 +1272,34 @@ def _detect(args: argparse.Namespace, log: _Log) -> int:
     if args.resume and os.path.exists(args.output):
         previous, good_bytes, torn = _read_previous(args.output, settings)
     done_paths = {r["path"] for r in previous}
-    done_keys = {_file_key(r["path"]) for r in previous if os.path.exists(r["path"])}
-    todo = [i for i, p in enumerate(paths) if p not in done_paths and _file_key(p) not in done_keys]
+    key_paths = {_file_key(r["path"]): r["path"] for r in previous if os.path.exists(r["path"])}
+    hashes = _read_hashes(args.output) if previous else {}
+    changed: list[str] = []
+
+    def already_done(p: str) -> bool:
+        """In the output already: the same file (path, or another name of it) with the same
+        content (sha256), when the output recorded the content."""
+        rec = p if p in done_paths else key_paths.get(_file_key(p))
+        if rec is None:
+            return False
+        want = hashes.get(rec)
+        if want is None:
+            return True
+        try:
+            same = _sha256(p) == want
+        except OSError:
+            return True  # unreadable now: it will fail again; keep the earlier line
+        if not same:
+            changed.append(p)
+        return same
+
+    todo = [i for i, p in enumerate(paths) if not already_done(p)]
 
     # 3. Outputs: only now is anything created.
     if draw_dir is not None:
         draw_dir.mkdir(parents=True, exist_ok=True)
     sink: LineLog | None = None
+    hash_log: LineLog | None = None
     if args.output is not None:
         if torn:
             os.truncate(args.output, good_bytes)
@@ -1257,10 +1310,15 @@ def _detect(args: argparse.Namespace, log: _Log) -> int:
                 json.dump({"npfrcnn": __version__, "command": "detect", "settings": settings},
                           f, indent=2)
                 f.write("\n")
+            hash_log = LineLog(hashes_file(args.output), truncate=fresh)
         sink = LineLog(args.output, truncate=fresh)
     if previous:
         log.info(f"--resume: {len(paths) - len(todo)} of {len(paths)} image(s) already in "
                  f"{args.output}; {len(todo)} to do")
+    if changed:
+        log.info(f"--resume: {len(changed)} image(s) changed since they were detected (their "
+                 f"content sha256 differs, e.g. {changed[0]}): detecting them again; their "
+                 f"earlier lines stay in {args.output}")
     records = list(previous)
     timings = _Timings()
     executor = _dask_executor(args, log) if distributed else None
@@ -1288,6 +1346,8 @@ def _detect(args: argparse.Namespace, log: _Log) -> int:
             write_coco(args.coco, results)
         if sink is not None:
             sink.close()
+        if hash_log is not None:
+            hash_log.close()
 
     try:
         for k, (i, out) in enumerate(outcomes):
@@ -1316,6 +1376,8 @@ def _detect(args: argparse.Namespace, log: _Log) -> int:
                     failed += 1
                 row["draw"] = time.perf_counter() - t
             emit(record)
+            if hash_log is not None and out.sha256:
+                hash_log.write(json.dumps({"path": path, "sha256": out.sha256}))
             records.append(record)
             n_new += 1
             row["total"] = sum(v for s, v in row.items() if s in ("load", "detect", "draw"))
@@ -1348,8 +1410,11 @@ def _detect(args: argparse.Namespace, log: _Log) -> int:
             if kept and not isinstance(e, BrokenPipeError):
                 log.error(f"{what} after {n_new} of {len(todo)} image(s); kept: "
                           + "; ".join(kept))
-        elif sink is not None:
-            sink.close()
+        else:
+            if sink is not None:
+                sink.close()
+            if hash_log is not None:
+                hash_log.close()
         raise
     progress.close()
     if executor is not None:
@@ -1678,8 +1743,9 @@ output:  one JSON object per image, written and fsynced as each image finishes:
          "label", "class_id", "score"}]}; boxes are in pixels of the image as displayed (EXIF
          orientation applied); class_id is the 0-based index into the model's class list.
          Images that fail are reported on stderr and skipped. With --output FILE, FILE.run.json
-         records the weights and settings, and an interrupted run keeps every finished image:
-         run the same command with --resume to do the rest.
+         records the weights and settings and FILE.sha256 each finished image's content hash,
+         and an interrupted run keeps every finished image: run the same command with --resume
+         to do the rest (an image is skipped if its path and content are already there).
 --coco:  COCO results, a JSON list of {"image_id", "category_id", "bbox": [x, y, w, h],
          "score"} ([] when nothing is found), written at the end (and, when interrupted, for
          the images done), atomically; with --resume it covers every image in --output.

@@ -290,6 +290,7 @@ def _detect_one(plugin: Any, path: str, data: bytes, options: Mapping[str, Any],
 
     timings = {"load": load_s, **{k: float(v) for k, v in stage.items()}, "detect": detect_s}
     return {
+        "sha256": hashlib.sha256(data).hexdigest(),
         "ok": True, "width": int(image.shape[1]), "height": int(image.shape[0]),
         "boxes": np.asarray(dets.boxes, np.float32).reshape(-1, 4),
         "labels": np.asarray(dets.labels, np.int64).reshape(-1),

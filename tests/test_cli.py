@@ -543,7 +543,8 @@ def test_interrupt_keeps_finished_images(
     # The first image is kept, in both outputs; nothing else is left in the folder.
     assert [r["path"] for r in _jsonl(out.read_text())] == [str(images / "a.png")]
     assert [r["image_id"] for r in json.loads(coco.read_text())] == [0, 0]
-    assert sorted(os.listdir(out_dir)) == ["r.json", "r.jsonl", "r.jsonl.run.json"]
+    assert sorted(os.listdir(out_dir)) == ["r.json", "r.jsonl", "r.jsonl.run.json",
+                                           "r.jsonl.sha256"]
 
 
 def test_atomic_write_success_and_mode(tmp_path: Path) -> None:

@@ -147,7 +147,7 @@ def test_output_write_error_mid_run(
 
     def write(self: _io.LineLog, line: str) -> None:
         calls.append(line)
-        if len(calls) == 2:
+        if len(calls) == 3:  # image 1's line, its hash line, then image 2's line fails
             raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
         real(self, line)
 
@@ -417,6 +417,34 @@ def test_resume_in_process(
     fake.calls.clear()
     assert main([*argv, "--resume"]) == 0 and fake.calls == []
     assert _jsonl(out.read_text()) == recs
+
+
+def test_resume_detects_changed_files_again(
+    fake: FakeModel, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--resume`` skips an image only if it is the same file with the same content: FILE.sha256
+    records each finished image's hash; a file changed since is detected again (its earlier
+    line stays), an unchanged one is not."""
+    out = tmp_path / "r.jsonl"
+    argv = ["detect", str(images), "--weights", "m.h5", "-o", str(out)]
+    assert main(argv) == 0
+    hashes = [json.loads(x) for x in (tmp_path / "r.jsonl.sha256").read_text().splitlines()]
+    assert [Path(h["path"]).name for h in hashes] == ["a.png", "b.jpg", "c.PNG"]
+    import hashlib
+
+    assert hashes[0]["sha256"] == hashlib.sha256((images / "a.png").read_bytes()).hexdigest()
+    Image.fromarray(np.full((40, 50, 3), 77, np.uint8)).save(images / "b.jpg")  # new content
+    fake.calls.clear()
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 0
+    assert len(fake.calls) == 1  # b.jpg only
+    err = capsys.readouterr().err
+    assert "1 image(s) changed since they were detected" in err
+    recs = _jsonl(out.read_text())
+    assert [Path(r["path"]).name for r in recs] == ["a.png", "b.jpg", "c.PNG", "b.jpg"]
+    assert recs[3]["width"] == 50
+    fake.calls.clear()
+    assert main([*argv, "--resume"]) == 0 and fake.calls == []  # now all current
 
 
 def test_output_to_a_pipe_streams_without_fsync_or_run_file(
