@@ -318,6 +318,14 @@ def _number(text: str) -> float:
     return v
 
 
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (a tolerance, a learning-rate floor)."""
+    v = _number(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return v
+
+
 def probability(text: str) -> float:
     """A number in ``[0, 1]``."""
     v = _number(text)
@@ -761,6 +769,17 @@ def _load_model(weights: str, backend: str) -> Any:
     from npfrcnn.model import FasterRCNN
 
     return FasterRCNN.from_hdf5(weights, backend=backend)
+
+
+def load_weights(weights: str, backend: str, loader: Callable[[str, str], Any] | None = None
+                 ) -> Any:
+    """``loader(weights, backend)`` (default :func:`_load_model`), or a :class:`CommandError`
+    naming the file and why it cannot be used (the commands' one way to load weights)."""
+    try:
+        return (loader or _load_model)(weights, backend)
+    except (ValueError, OSError, NotImplementedError) as e:  # WeightsError is a ValueError
+        detail = describe_os_error(e) if isinstance(e, OSError) else str(e)
+        raise CommandError(f"cannot load weights {weights}: {detail}") from None
 
 
 def _provenance(weights: str) -> dict[str, Any]:
@@ -1247,12 +1266,8 @@ def _detect(args: argparse.Namespace, log: _Log) -> int:
         )
     t0 = time.perf_counter()
     distributed = _wants_dask(args)
-    try:
-        model: Any = _ClientModel(args.weights) if distributed else _load_model(
-            args.weights, args.backend)
-    except (ValueError, OSError, NotImplementedError) as e:  # WeightsError is a ValueError
-        detail = describe_os_error(e) if isinstance(e, OSError) else str(e)
-        raise CommandError(f"cannot load weights {args.weights}: {detail}") from None
+    model: Any = load_weights(
+        args.weights, args.backend, (lambda w, _: _ClientModel(w)) if distributed else None)
     model_load_s = time.perf_counter() - t0
     provenance = getattr(model, "provenance", None) or _provenance(args.weights)
     if not isinstance(provenance, dict):

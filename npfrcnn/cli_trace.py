@@ -19,18 +19,8 @@ from typing import Any
 __all__ = ["register", "cmd_trace", "cmd_compare"]
 
 
-def _tolerance(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(v) or v < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return v
-
-
 def register(sub: Any) -> None:
-    from npfrcnn.cli import _EXIT_EPILOG, output_file
+    from npfrcnn.cli import _EXIT_EPILOG, non_negative_float, output_file
 
     t = sub.add_parser(
         "trace", help="write every stage of every image to a trace file (for compare)",
@@ -68,10 +58,10 @@ def register(sub: Any) -> None:
     )
     c.add_argument("reference", metavar="REFERENCE", help="the reference trace (.h5 or .npz)")
     c.add_argument("candidate", metavar="CANDIDATE", help="the candidate trace (.h5 or .npz)")
-    c.add_argument("--rtol", type=_tolerance, default=None,
+    c.add_argument("--rtol", type=non_negative_float, default=None,
                    help="tolerance relative to each stage's scale, max |reference| "
                    "(default 1e-4)")
-    c.add_argument("--atol", type=_tolerance, default=None, help="absolute tolerance "
+    c.add_argument("--atol", type=non_negative_float, default=None, help="absolute tolerance "
                    "(default 0)")
     c.add_argument("--weights", metavar="W.h5", default=None,
                    help="the reference's weights, to re-run stages on the candidate's inputs "
@@ -88,7 +78,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_trace(args: argparse.Namespace, log: Any) -> int:
-    from npfrcnn.cli import CommandError, _load_model, describe_os_error, expand_inputs
+    from npfrcnn.cli import CommandError, expand_inputs, load_weights
     from npfrcnn.image import ImageError, load
     from npfrcnn.trace._npfrcnn import model_meta, trace_image
     from npfrcnn.trace.io import TraceWriter
@@ -110,11 +100,7 @@ def cmd_trace(args: argparse.Namespace, log: Any) -> int:
 
     if _wants_dask(args):
         return _trace_on_dask(args, log, paths)
-    try:
-        model = _load_model(args.weights, args.backend)
-    except (ValueError, OSError, NotImplementedError) as e:
-        detail = describe_os_error(e) if isinstance(e, OSError) else str(e)
-        raise CommandError(f"cannot load weights {args.weights}: {detail}") from None
+    model = load_weights(args.weights, args.backend)
     meta = model_meta(model, file_sha256(args.weights),
                       weights_path=os.path.abspath(args.weights))
     t0 = time.perf_counter()
@@ -139,15 +125,12 @@ def _trace_on_dask(args: argparse.Namespace, log: Any, paths: list[str]) -> int:
     import contextlib
     import io
 
-    from npfrcnn.cli import CommandError, _ClientModel, _dask_executor
+    from npfrcnn.cli import CommandError, _ClientModel, _dask_executor, load_weights
     from npfrcnn.distributed import DaskError
     from npfrcnn.trace.io import TraceWriter, read_trace
     from npfrcnn.weights.hdf5 import file_sha256
 
-    try:
-        _ClientModel(args.weights)  # the weights validated here, before any work
-    except (ValueError, OSError) as e:
-        raise CommandError(f"cannot load weights {args.weights}: {e}") from None
+    load_weights(args.weights, args.backend, lambda w, _: _ClientModel(w))  # checked here first
     extra = {"weights_sha256": file_sha256(args.weights),
              "weights_path": os.path.abspath(args.weights)}
     executor = _dask_executor(args, log)
@@ -182,7 +165,7 @@ def _trace_on_dask(args: argparse.Namespace, log: Any, paths: list[str]) -> int:
 
 def _rerun_model(args: argparse.Namespace, ref: Any, log: Any) -> Any:
     """The model for re-runs: --weights, else the reference trace's own weights file."""
-    from npfrcnn.cli import CommandError, _load_model
+    from npfrcnn.cli import CommandError, load_weights
     from npfrcnn.weights.hdf5 import file_sha256
 
     if args.no_rerun:
@@ -202,10 +185,7 @@ def _rerun_model(args: argparse.Namespace, ref: Any, log: Any) -> Any:
             f"--weights {path} are not the weights the reference trace was written with "
             f"(sha256 {want[:16]}...); give those"
         )
-    try:
-        model = _load_model(path, "cpu")
-    except (ValueError, OSError, NotImplementedError) as e:
-        raise CommandError(f"cannot load weights {path}: {e}") from None
+    model = load_weights(path, "cpu")
     family = "fpn" if model.is_fpn else "c4"
     if family != ref.meta["family"]:
         raise CommandError(f"--weights {path} is a {family} model but the traces are "

@@ -527,18 +527,10 @@ def cmd_demo(args: argparse.Namespace, log: Any) -> int:
 # Parser -------------------------------------------------------------------------------------
 
 
-def _number(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not np.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return v
-
-
 def _positive_float(text: str) -> float:
     """A finite number > 0."""
+    from npfrcnn.cli import _number
+
     try:
         v = _number(text)
     except argparse.ArgumentTypeError:
@@ -548,14 +540,6 @@ def _positive_float(text: str) -> float:
         raise
     if not v > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return v
-
-
-def _non_negative_float(text: str) -> float:
-    """A finite number >= 0."""
-    v = _number(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return v
 
 
@@ -618,7 +602,13 @@ def _quiet(p: argparse.ArgumentParser) -> None:
 
 def register(sub: Any) -> None:
     """Add ``synth``, ``train``, ``eval`` and ``demo`` to ``sub`` (from ``add_subparsers``)."""
-    from npfrcnn.cli import output_file, output_folder, positive_int, probability
+    from npfrcnn.cli import (
+        non_negative_float,
+        output_file,
+        output_folder,
+        positive_int,
+        probability,
+    )
 
     s = sub.add_parser("synth", help="write a synthetic dataset (wheat and COCO layouts)",
                        description="Deterministic synthetic images of 3 shape classes: "
@@ -667,7 +657,7 @@ widths:  --width W gives bottleneck widths W, 2W, 4W, 8W (blocks 1-4), root W an
     t.add_argument("--seed", type=_non_negative_int, default=0,
                    help="data order / sampling seed")
     t.add_argument("--checkpoint-every", type=positive_int, default=500, metavar="N")
-    t.add_argument("--anchor-border", type=_non_negative_float, default=0.0, metavar="PIXELS",
+    t.add_argument("--anchor-border", type=non_negative_float, default=0.0, metavar="PIXELS",
                    help="train anchors straddling the image border by up to PIXELS (default 0, "
                    "Luminoth's; use e.g. 64 on small images)")
     t.add_argument("--anchor-base", type=_positive_float, default=32.0, metavar="PIXELS",

@@ -16,7 +16,6 @@ torchvision itself):
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 pytest.importorskip("onnx")
@@ -25,20 +24,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
 import tv_models  # noqa: E402
+from test_trace_onnx import synthetic  # noqa: E402  (the ONNX tests' image)
 
 from npfrcnn import FasterRCNN  # noqa: E402
 from npfrcnn.trace import read_trace, trace_images  # noqa: E402
 from npfrcnn.trace.compare import compare_traces, format_table, verdict  # noqa: E402
-
-
-def synthetic(h: int, w: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    base = np.stack([128 + 100 * np.sin(xx / 9.0 + c) * np.cos(yy / 7.0 - c) for c in range(3)],
-                    -1)
-    img = base + rng.normal(0, 20, (h, w, 3))
-    img[h // 4 : h // 2, w // 3 : w // 2] = (230, 40, 40)
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
