@@ -101,8 +101,11 @@ def cmd_trace(args: argparse.Namespace, log: Any) -> int:
     if _wants_dask(args):
         return _trace_on_dask(args, log, paths)
     model = load_weights(args.weights, args.backend)
-    meta = model_meta(model, file_sha256(args.weights),
-                      weights_path=os.path.abspath(args.weights))
+    try:
+        meta = model_meta(model, file_sha256(args.weights),
+                          weights_path=os.path.abspath(args.weights))
+    except ValueError as e:
+        raise CommandError(str(e)) from None
     t0 = time.perf_counter()
     with TraceWriter(args.out, meta) as w:
         for i, path in enumerate(paths):

@@ -324,9 +324,9 @@ def evaluate_model(
             raise DataError("--tf runs in this process only; leave out --workers/--scheduler")
         return _evaluate_on_dask(weights, dataset, wf.classes, executor, on_image)
     if use_tf:
-        from npfrcnn.config import FPNConfig
+        from npfrcnn.config import ModelConfig
 
-        if isinstance(wf.config, FPNConfig):
+        if not isinstance(wf.config, ModelConfig):
             raise DataError(
                 f"{weights} holds a {wf.config.name} model; the TensorFlow reference (--tf) runs "
                 "the C4 (workshop) models only: evaluate it without --tf"

@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from npfrcnn._validate import check_backend
-from npfrcnn.config import AnyConfig, FPNConfig
+from npfrcnn.config import AnyConfig, Detectron2Config, FPNConfig
 from npfrcnn.modeling.transform import Preprocessed
 from npfrcnn.rcnn import HEAD_CHUNK
 from npfrcnn.resnet import feature_map_shape
@@ -59,7 +59,7 @@ STAGES = ("preprocess", "features", "rpn", "proposals", "roi_pool", "head", "det
 def _unsupported(config: AnyConfig) -> list[str]:
     """Config values the parts cannot run (other profiles come later)."""
     out: list[str] = []
-    if isinstance(config, FPNConfig):
+    if isinstance(config, FPNConfig | Detectron2Config):
         return out
     if config.rpn_objectness != "softmax":
         out.append("rpn_objectness='sigmoid'")
@@ -86,7 +86,11 @@ class Parts:
 
 
 def build_parts(config: AnyConfig, tensors: Mapping[str, np.ndarray], backend: str) -> Parts:
-    """Pick every part for ``config``: C4 (workshop) or ResNet + FPN (torchvision)."""
+    """Pick every part for ``config``: C4 (workshop), ResNet + FPN (torchvision) or Detectron2."""
+    if isinstance(config, Detectron2Config):
+        from npfrcnn.modeling.detectron2 import build_parts as d2_parts
+
+        return Parts(**d2_parts(config, tensors, backend))
     if isinstance(config, FPNConfig):
         from npfrcnn.modeling.backbone import FPN, ResNetBody
         from npfrcnn.modeling.heads import FastRCNNPredictor, build_box_head
@@ -142,7 +146,7 @@ class FasterRCNN:
 
     Args:
         config: the model configuration (:mod:`npfrcnn.config`): a :class:`ModelConfig` (C4,
-            workshop) or an :class:`FPNConfig` (torchvision).
+            workshop), an :class:`FPNConfig` (torchvision) or a :class:`Detectron2Config`.
         classes: ``config.num_classes`` class names.
         tensors: name -> float32 array for every name of
             ``npfrcnn.weights.expected_shapes(config)``; validated here (one error listing every
@@ -182,7 +186,17 @@ class FasterRCNN:
 
     @property
     def is_fpn(self) -> bool:
+        """A torchvision ResNet-FPN profile."""
         return isinstance(self.config, FPNConfig)
+
+    @property
+    def is_detectron2(self) -> bool:
+        """A Detectron2 profile (C4 or FPN)."""
+        return isinstance(self.config, Detectron2Config)
+
+    @property
+    def _multilevel(self) -> bool:
+        return isinstance(self.config, FPNConfig | Detectron2Config)
 
     @classmethod
     def from_hdf5(cls, path: str | os.PathLike[str], backend: str = "cpu") -> FasterRCNN:
@@ -195,7 +209,15 @@ class FasterRCNN:
     # Sizes ----------------------------------------------------------------------------------
 
     def feature_map_shape(self, height: int, width: int) -> tuple[int, int]:
-        """``(H_f, W_f)`` of the (C4) block3 map, or of FPN level '0', for an image (no compute)."""
+        """``(H_f, W_f)`` of the (C4) block3 / res4 map, or of FPN level '0' / p2, for an image
+        (no compute)."""
+        if isinstance(self.config, Detectron2Config):
+            hp, wp = self.parts.transform.padded_size(height, width)
+            if self.config.is_fpn:
+                return hp // 4, wp // 4
+            for _ in range(4):  # conv1, max-pool, res3 and res4: each (n - 1) // 2 + 1
+                hp, wp = (hp - 1) // 2 + 1, (wp - 1) // 2 + 1
+            return hp, wp
         if isinstance(self.config, FPNConfig):
             hp, wp = self.parts.transform.padded_size(height, width)
             return hp // 4, wp // 4
@@ -203,6 +225,13 @@ class FasterRCNN:
 
     def num_anchors(self, height: int, width: int) -> int:
         """Anchors for an image: ``H_f * W_f * k`` (C4), summed over the levels (FPN)."""
+        if isinstance(self.config, Detectron2Config) and self.config.is_fpn:
+            fh, fw = self.feature_map_shape(height, width)
+            total = 0
+            for _ in range(5):  # p2..p5 halve exactly; p6 = max_pool(k=1, s=2) of p5
+                total += fh * fw
+                fh, fw = (fh - 1) // 2 + 1, (fw - 1) // 2 + 1
+            return total * self.config.num_anchors
         if isinstance(self.config, FPNConfig):
             hp, wp = self.parts.transform.padded_size(height, width)
             total, fh, fw = 0, hp // 4, wp // 4
@@ -242,6 +271,8 @@ class FasterRCNN:
         """C4: float32 ``[H_f * W_f * k, 4]`` for ``feature_shape = (H_f, W_f)``, row
         ``(y * W_f + x) * k + a``. FPN: per-level anchors for ``feature_shape`` = the RPN output
         and ``input_shape`` = the padded input ``(Hp, Wp)``."""
+        if isinstance(self.config, Detectron2Config):
+            return self.parts.rpn.anchors(feature_shape)
         if isinstance(self.config, FPNConfig):
             if input_shape is None:
                 raise ValueError("FPN anchors need input_shape, the padded input (Hp, Wp)")
@@ -261,7 +292,7 @@ class FasterRCNN:
         ``input_shape`` when ``anchors`` is not given.
         """
         if anchors is None:
-            if isinstance(self.config, FPNConfig):
+            if self._multilevel:
                 anchors = self.anchors(rpn_out, input_shape)
             else:
                 anchors = self.anchors(rpn_out.feature_shape)
@@ -308,6 +339,14 @@ class FasterRCNN:
         ):
             raise ValueError(
                 f"max_detections must be a non-negative int, got {max_detections!r}"
+            )
+        if isinstance(self.config, Detectron2Config):
+            d2 = self.parts.postprocess(
+                proposals, bbox_pred, cls_prob, image_shape, original_size or image_shape,
+                score_thresh=min_prob, detections_per_image=max_detections,
+            )
+            return Detections(
+                d2.boxes, d2.labels, d2.scores, [self.classes[int(i)] for i in d2.labels]
             )
         if isinstance(self.config, FPNConfig):
             from npfrcnn.modeling.postprocess import resize_boxes
@@ -525,7 +564,7 @@ class FasterRCNN:
         x = pre.x
         fm = self.features(x)
         rpn_out = self.rpn(fm)
-        if isinstance(self.config, FPNConfig):
+        if self._multilevel:
             anc = self.anchors(rpn_out, (int(x.shape[1]), int(x.shape[2])))
         else:
             anc = self.anchors(rpn_out.feature_shape)
@@ -539,6 +578,10 @@ class FasterRCNN:
             "input": x, "features": fm, "rpn": rpn_out, "anchors": anc, "proposals": props,
             "pooled": pooled, "bbox_pred": bbox_pred, "cls_prob": cls_prob, "detections": dets,
         }
+        if isinstance(self.config, Detectron2Config):
+            out["body"] = dict(self.parts.backbone.last_body)
+            out["image_size"] = pre.image_size
+            out["original_size"] = pre.original_size
         if isinstance(self.config, FPNConfig):
             out["body"] = list(self.parts.backbone.last_body)
             out["image_size"] = pre.image_size

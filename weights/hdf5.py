@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from npfrcnn._io import atomic_path
-from npfrcnn.config import AnyConfig, FPNConfig, config_from_json
+from npfrcnn.config import AnyConfig, Detectron2Config, FPNConfig, config_from_json
 
 __all__ = [
     "FORMAT",
@@ -100,7 +100,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def _describe(config: AnyConfig) -> str:
-    if isinstance(config, FPNConfig):
+    if isinstance(config, FPNConfig | Detectron2Config):
         return (
             f"{config.name} model (ResNet-{config.depth}, units {config.units_per_block}, "
             f"{config.num_classes} classes)"
@@ -539,7 +539,7 @@ def _parse(
     if cs is not None:
         try:
             config = config_from_json(cs)
-            if version == 1 and isinstance(config, FPNConfig):
+            if version == 1 and isinstance(config, FPNConfig | Detectron2Config):
                 problems.append(
                     "format_version 1 files hold C4 configs only, but this one holds an FPN "
                     "config; the file is damaged or was edited by hand"

@@ -24,7 +24,7 @@ stores them, so a TF checkpoint needs no transposition. All tensors are float32.
 
 from __future__ import annotations
 
-from npfrcnn.config import FPNConfig, ModelConfig
+from npfrcnn.config import Detectron2Config, FPNConfig, ModelConfig
 from npfrcnn.resnet import BN_PARAMS, backbone_units, tail_units
 
 __all__ = ["expected_shapes", "conv_names"]
@@ -36,12 +36,19 @@ def _conv_bn(out: dict[str, tuple[int, ...]], scope: str, kernel: tuple[int, ...
         out[f"{scope}/batch_normalization/{p}"] = (kernel[-1],)
 
 
-def expected_shapes(config: ModelConfig | FPNConfig) -> dict[str, tuple[int, ...]]:
+def expected_shapes(
+    config: ModelConfig | FPNConfig | Detectron2Config,
+) -> dict[str, tuple[int, ...]]:
     """Every tensor the model needs, name -> shape, in network order.
 
     C4 configs use the workshop's TF names (this module); FPN configs torchvision's state-dict
-    keys (:mod:`npfrcnn.weights.torchvision_names`).
+    keys (:mod:`npfrcnn.weights.torchvision_names`); Detectron2 configs Detectron2's
+    (:mod:`npfrcnn.weights.detectron2_names`).
     """
+    if isinstance(config, Detectron2Config):
+        from npfrcnn.weights.detectron2_names import expected_shapes as d2_shapes
+
+        return d2_shapes(config)
     if isinstance(config, FPNConfig):
         from npfrcnn.weights.torchvision_names import expected_shapes as fpn_shapes
 

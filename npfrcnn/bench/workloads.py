@@ -442,8 +442,13 @@ def _fpn_arrays(model: Any, stages: dict[str, Any]) -> dict[str, Any]:
 
 def record(model: Any, image: np.ndarray) -> dict[str, Any]:
     """The NMS and RoI inputs of one ``model.run_stages(image)``, as workload arrays."""
-    from npfrcnn.config import FPNConfig
+    from npfrcnn.config import Detectron2Config, FPNConfig
 
+    if isinstance(model.config, Detectron2Config):
+        raise ValueError(
+            f"recording kernel workloads from {model.config.name} is not supported; record "
+            "them from a workshop or torchvision model"
+        )
     stages = model.run_stages(image)
     if isinstance(model.config, FPNConfig):
         return _fpn_arrays(model, stages)

@@ -5,11 +5,14 @@
 * :class:`FPNConfig` (:mod:`npfrcnn.config.fpn`): torchvision's ResNet + FPN Faster R-CNN; the
   profiles ``torchvision-r50-fpn``, ``torchvision-r50-fpn-v2`` and ``torchvision-r101-fpn``
   (:mod:`npfrcnn.config.profiles.torchvision`).
+* :class:`Detectron2Config` (:mod:`npfrcnn.config.detectron2`): Detectron2's Faster R-CNN, C4
+  and FPN; the profiles ``detectron2-r101-c4``, ``detectron2-r50-fpn`` and
+  ``detectron2-r101-fpn`` (:mod:`npfrcnn.config.profiles.detectron2`).
 
 A config is pure data and round-trips through JSON (it is stored in every weights file);
-:func:`config_from_json` reads either kind: an FPN config carries ``"architecture":
-"resnet_fpn"``, and a JSON object without ``architecture`` is a C4 config (every weights file
-written before the FPN profiles existed).
+:func:`config_from_json` reads every kind: an FPN config carries ``"architecture":
+"resnet_fpn"``, a Detectron2 config ``"architecture": "detectron2"``, and a JSON object without
+``architecture`` is a C4 config (every weights file written before the FPN profiles existed).
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import json
 from typing import Any
 
 from npfrcnn.config.c4 import STANDARD_UNITS, ModelConfig, workshop
+from npfrcnn.config.detectron2 import Detectron2Config
 from npfrcnn.config.fpn import FPNConfig
+from npfrcnn.config.profiles.detectron2 import DETECTRON2_PROFILES, detectron2_profile
 from npfrcnn.config.profiles.torchvision import (
     TORCHVISION_PROFILES,
     torchvision_profile,
@@ -26,23 +31,26 @@ from npfrcnn.config.profiles.torchvision import (
 
 __all__ = [
     "AnyConfig",
+    "Detectron2Config",
     "FPNConfig",
     "ModelConfig",
     "PROFILES",
     "STANDARD_UNITS",
     "config_from_dict",
     "config_from_json",
+    "detectron2_profile",
     "get_profile",
     "torchvision_profile",
     "workshop",
 ]
 
-AnyConfig = ModelConfig | FPNConfig
+AnyConfig = ModelConfig | FPNConfig | Detectron2Config
 
 #: Every named profile at its default size (``num_classes`` as the real system's default).
 PROFILES: dict[str, AnyConfig] = {
     "workshop": workshop(),
     **{name: torchvision_profile(name) for name in TORCHVISION_PROFILES},
+    **{name: detectron2_profile(name) for name in DETECTRON2_PROFILES},
 }
 
 
@@ -63,9 +71,11 @@ def config_from_dict(d: dict[str, Any]) -> AnyConfig:
         return ModelConfig.from_dict(d)
     if arch == FPNConfig.ARCHITECTURE:
         return FPNConfig.from_dict(d)
+    if arch == Detectron2Config.ARCHITECTURE:
+        return Detectron2Config.from_dict(d)
     raise ValueError(
-        f"unknown architecture {arch!r}; this npfrcnn runs 'resnet_fpn' and the C4 family "
-        "(no architecture field). The file may come from a newer npfrcnn"
+        f"unknown architecture {arch!r}; this npfrcnn runs 'resnet_fpn', 'detectron2' and the "
+        "C4 family (no architecture field). The file may come from a newer npfrcnn"
     )
 
 

@@ -21,6 +21,12 @@ def model_meta(model: Any, weights_sha256: str = "", **extra: Any) -> dict[str, 
     import npfrcnn
 
     cfg = model.config
+    if getattr(model, "is_detectron2", False):
+        raise ValueError(
+            f"npfrcnn trace does not trace Detectron2 profiles yet ({cfg.name}); it traces the "
+            "workshop (C4) and torchvision (FPN) profiles. Diff a Detectron2 port stage by "
+            "stage with FasterRCNN.run_stages (docs/detectron2.md)"
+        )
     if model.is_fpn:
         family, background = "fpn", "first"
     else:
