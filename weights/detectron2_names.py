@@ -67,7 +67,7 @@ def stage_blocks(config: Detectron2Config) -> dict[str, list[BlockSpec]]:
     width differs from its output, a 1x1 shortcut conv with the same stride.
     """
     out: dict[str, list[BlockSpec]] = {}
-    c_in = 64
+    c_in = config.stem_out_channels
     for i, (n, width, c_out) in enumerate(
         zip(config.units_per_block, config.bottleneck_widths, config.stage_channels, strict=True)
     ):
@@ -99,7 +99,7 @@ def torch_shapes(config: Detectron2Config) -> dict[str, tuple[int, ...]]:
     """Every tensor of the Detectron2 model, key -> shape as Detectron2 stores it, in order."""
     out: dict[str, tuple[int, ...]] = {}
     rp = resnet_prefix(config)
-    _conv_norm(out, rp + "stem.conv1.", (64, 3, 7, 7))
+    _conv_norm(out, rp + "stem.conv1.", (config.stem_out_channels, 3, 7, 7))
     stages = stage_blocks(config)
     for name in ("res2", "res3", "res4", "res5"):
         if name == "res5" and not config.is_fpn:

@@ -10,8 +10,9 @@ feeds (:mod:`npfrcnn.modeling.detectron2`):
   pixels); the padding to ``size_divisibility`` is the backbone's (FPN 32, C4 0: none), not a
   config value, as in Detectron2;
 * ResNet (``MODEL.RESNETS``): ``units_per_block`` (50: (3, 4, 6, 3), 101: (3, 4, 23, 3)),
-  ``stride_in_1x1`` (True for the MSRA weights of the model zoo), ``width_per_group``,
-  ``bn_eps``; the norm is ``FrozenBN``, which Detectron2 runs as ``F.batch_norm`` in eval at test
+  ``stride_in_1x1`` (True for the MSRA weights of the model zoo), ``stem_out_channels`` (64),
+  ``res2_out_channels`` (256; res3..res5 double it), ``width_per_group`` (64: res2's bottleneck
+  width, doubled per stage), ``bn_eps``; the norm is ``FrozenBN``, which Detectron2 runs as ``F.batch_norm`` in eval at test
   time;
 * FPN (``MODEL.FPN``): ``fpn_channels``;
 * anchors (``MODEL.ANCHOR_GENERATOR``): ``anchor_sizes`` (one tuple per level: C4 one level of
@@ -49,7 +50,8 @@ __all__ = ["Detectron2Config", "VARIANTS"]
 VARIANTS = ("c4", "fpn")
 
 _POSITIVE_INTS = (
-    "num_classes", "min_size_test", "max_size_test", "width_per_group", "fpn_channels",
+    "num_classes", "min_size_test", "max_size_test", "stem_out_channels", "res2_out_channels",
+    "width_per_group", "fpn_channels",
     "rpn_pre_nms_topk_test", "rpn_post_nms_topk_test", "pooler_resolution", "canonical_box_size",
     "num_fc", "fc_dim",
 )
@@ -78,6 +80,8 @@ class Detectron2Config(ConfigBase):
 
     # ResNet.
     units_per_block: tuple[int, int, int, int] = (3, 4, 6, 3)
+    stem_out_channels: int = 64
+    res2_out_channels: int = 256
     width_per_group: int = 64
     stride_in_1x1: bool = True
     bn_eps: float = 1e-5
@@ -234,8 +238,9 @@ class Detectron2Config(ConfigBase):
 
     @property
     def stage_channels(self) -> tuple[int, int, int, int]:
-        """Output channels of res2..res5: 256, 512, 1024, 2048 (``RES2_OUT_CHANNELS`` 256)."""
-        return (256, 512, 1024, 2048)
+        """Output channels of res2..res5: ``res2_out_channels * 2**i`` (256 .. 2048)."""
+        c = self.res2_out_channels
+        return (c, 2 * c, 4 * c, 8 * c)
 
     @property
     def bottleneck_widths(self) -> tuple[int, int, int, int]:

@@ -411,19 +411,25 @@ class D2RPN:
         idx = np.flatnonzero(finite)
         clipped = np.zeros_like(cand)
         clipped[idx] = clip_boxes(cand[idx], image_size)
-        keep = idx[nonempty(clipped[idx], cfg.rpn_min_size)].astype(np.int64)
-        sel = np.asarray(
-            torchvision_batched_nms(
-                clipped[keep], logits[keep], levels[keep], cfg.rpn_nms_thresh,
-                backend=self.backend,
-            ),
-            dtype=np.int64,
-        )
+        kept, sel = self.select(clipped[idx], logits[idx], levels[idx])
+        keep = idx[kept]
         final = keep[sel[: cfg.rpn_post_nms_topk_test]]
         return D2Proposals(
             np.ascontiguousarray(clipped[final]), np.ascontiguousarray(logits[final]), decoded,
             top, levels, logits, clipped, keep, sel,
         )
+
+
+    def select(self, boxes: F32, logits: F32, levels: I64) -> tuple[I64, I64]:
+        """The last steps on finite, clipped candidates: ``(kept, nms)``, the candidates that
+        are non-empty and the batched-NMS order (indices into ``kept``, on the logits, by
+        level), before the ``rpn_post_nms_topk_test`` cut."""
+        cfg = self.config
+        kept = np.flatnonzero(nonempty(boxes, cfg.rpn_min_size)).astype(np.int64)
+        sel = torchvision_batched_nms(
+            boxes[kept], logits[kept], levels[kept], cfg.rpn_nms_thresh, backend=self.backend
+        )
+        return kept, np.asarray(sel, dtype=np.int64)
 
 
 # RoI heads -----------------------------------------------------------------------------------
