@@ -1524,11 +1524,52 @@ def _convert_torchvision(args: argparse.Namespace, log: _Log) -> int:
     return 0
 
 
+def _convert_detectron2(args: argparse.Namespace, log: _Log) -> int:
+    from npfrcnn.config.profiles.detectron2 import DETECTRON2_PROFILES
+    from npfrcnn.weights.convert_detectron2 import detectron2_to_hdf5
+    from npfrcnn.weights.hdf5 import WeightsError
+    from npfrcnn.weights.torch_checkpoint import CheckpointError
+
+    if args.profile not in DETECTRON2_PROFILES:
+        log.error(
+            f"--profile {args.profile!r} is not a Detectron2 profile; choose one of "
+            f"{', '.join(DETECTRON2_PROFILES)}"
+        )
+        return 2
+    try:
+        changes = _parse_set(args.set)
+    except ValueError as e:
+        log.error(str(e))
+        return 2
+    if args.bn_eps is not None:
+        changes.setdefault("bn_eps", args.bn_eps)
+    try:
+        result = detectron2_to_hdf5(
+            args.checkpoint, args.out, args.profile, classes_json_path=args.classes,
+            changes=changes,
+        )
+    except (CheckpointError, WeightsError, ValueError, TypeError) as e:
+        log.error(f"cannot convert {args.checkpoint}: {e}")
+        return 2
+    cfg = result["config"]
+    for note in result["notes"]:
+        log.info(f"note: {note}")
+    log.info(
+        f"wrote {args.out}: {cfg.name}, ResNet-{cfg.depth} {cfg.variant.upper()}, "
+        f"{cfg.num_classes} classes (from {result['provenance']['source_format']}); check it "
+        f"with `npfrcnn info {args.out}`"
+    )
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace, log: _Log) -> int:
     source = args.source
     if source is None:
-        source = "torchvision" if args.profile or Path(args.checkpoint).is_file() else "tf"
-    if source == "torchvision":
+        if args.profile and args.profile.startswith("detectron2-"):
+            source = "detectron2"
+        else:
+            source = "torchvision" if args.profile or Path(args.checkpoint).is_file() else "tf"
+    if source in ("torchvision", "detectron2"):
         _refuse_same(args.checkpoint, args.out, "checkpoint")
     else:
         for ext in (".index", ".data-00000-of-00001"):
@@ -1540,6 +1581,11 @@ def cmd_convert(args: argparse.Namespace, log: _Log) -> int:
             raise CommandError("--from torchvision needs --profile (e.g. --profile "
                                "torchvision-r50-fpn)", usage=True)
         return _convert_torchvision(args, log)
+    if source == "detectron2":
+        if args.profile is None:
+            raise CommandError("--from detectron2 needs --profile (detectron2-r101-c4, "
+                               "detectron2-r50-fpn or detectron2-r101-fpn)", usage=True)
+        return _convert_detectron2(args, log)
     if args.classes is None:
         raise CommandError(
             "converting a TF checkpoint needs --classes classes.json (for a torchvision "
@@ -1823,34 +1869,50 @@ never overwritten: an input image, --weights or --coco-gt (also through a link);
 
     c = sub.add_parser(
         "convert",
-        help="convert a torchvision checkpoint or a TF checkpoint (workshop naming) to HDF5",
+        help="convert a torchvision or Detectron2 checkpoint, or a TF checkpoint (workshop "
+        "naming), to HDF5",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EXIT_EPILOG,
         description="Convert a checkpoint to an npfrcnn HDF5 weights file.\n"
         "--from torchvision: a torchvision Faster R-CNN state dict saved with torch.save (a bare\n"
         "state dict, or a training checkpoint holding it under 'model'/'state_dict') or a\n"
         ".safetensors file, read WITHOUT torch (a restricted unpickler that refuses anything\n"
         "but tensors); the architecture and class count are read from the keys and shapes.\n"
+        "--from detectron2: a Detectron2 Faster R-CNN (C4 or FPN): a model-zoo .pkl\n"
+        "(model_final_*.pkl: pickled NumPy arrays) or the model_final.pth its trainer writes\n"
+        "(optimizer, scheduler and iteration entries are ignored), also read WITHOUT torch\n"
+        "(nothing but NumPy arrays and tensors is unpickled); the format is read from the\n"
+        "file's content; depth and class count from the keys. The default when --profile is\n"
+        "a detectron2-* one.\n"
         "--from tf: a TensorFlow checkpoint in the workshop's variable naming (needs TensorFlow).",
     )
     c.add_argument("checkpoint", metavar="CHECKPOINT",
-                   help="MODEL.pth / MODEL.safetensors, or a TF checkpoint prefix (without "
-                   ".index / .data-*)")
+                   help="MODEL.pth / MODEL.safetensors / MODEL.pkl (Detectron2), or a TF "
+                   "checkpoint prefix (without .index / .data-*)")
     c.add_argument("out", metavar="OUT.h5", type=output_file)
-    c.add_argument("--from", dest="source", choices=("torchvision", "tf"), default=None,
-                   help="checkpoint kind (default: torchvision when --profile is given or "
-                   "CHECKPOINT is a file, else tf)")
+    c.add_argument("--from", dest="source", choices=("torchvision", "detectron2", "tf"),
+                   default=None,
+                   help="checkpoint kind (default: detectron2 for a detectron2-* --profile, "
+                   "torchvision when another --profile is given or CHECKPOINT is a file, else "
+                   "tf)")
     c.add_argument("--profile", default=None,
-                   help="torchvision-r50-fpn, torchvision-r50-fpn-v2 or torchvision-r101-fpn")
+                   help="torchvision-r50-fpn, torchvision-r50-fpn-v2 or torchvision-r101-fpn; "
+                   "detectron2-r101-c4, detectron2-r50-fpn or detectron2-r101-fpn (Detectron2's "
+                   "COCO-Detection faster_rcnn_R_101_C4 / R_50_FPN / R_101_FPN; a ResNet-50 C4 "
+                   "converts with detectron2-r101-c4)")
     c.add_argument("--classes", default=None, metavar="classes.json",
                    help="JSON list of class names (index = class id; torchvision: the object "
-                   "classes, or all of them with the background first). Default for "
-                   "torchvision: COCO's 91-entry list for 91 classes, else class_1, ...")
+                   "classes, or all of them with the background first; detectron2: exactly "
+                   "the object classes, its thing_classes). Default for torchvision: COCO's "
+                   "91-entry list for 91 classes, else class_1, ...; for detectron2: COCO's 80 "
+                   "names for 80 classes, else class_0, ...")
     c.add_argument("--bn-eps", type=float, default=None,
                    help="FrozenBatchNorm2d epsilon, which a checkpoint cannot show (default "
                    "0.0 for torchvision-r50-fpn, as torchvision's COCO_V1 model, else 1e-5)")
     c.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="set an inference knob of the profile, e.g. --set min_size=640 "
-                   "--set box_score_thresh=0.3 (repeatable; see npfrcnn.config.FPNConfig)")
+                   "--set box_score_thresh=0.3 (repeatable; see npfrcnn.config.FPNConfig; "
+                   "detectron2: npfrcnn.config.Detectron2Config, e.g. --set "
+                   "score_thresh_test=0.3 --set min_size_test=600)")
     c.set_defaults(func=cmd_convert)
 
     i = sub.add_parser(

@@ -12,8 +12,8 @@ feeds (:mod:`npfrcnn.modeling.detectron2`):
 * ResNet (``MODEL.RESNETS``): ``units_per_block`` (50: (3, 4, 6, 3), 101: (3, 4, 23, 3)),
   ``stride_in_1x1`` (True for the MSRA weights of the model zoo), ``stem_out_channels`` (64),
   ``res2_out_channels`` (256; res3..res5 double it), ``width_per_group`` (64: res2's bottleneck
-  width, doubled per stage), ``bn_eps``; the norm is ``FrozenBN``, which Detectron2 runs as ``F.batch_norm`` in eval at test
-  time;
+  width, doubled per stage), ``bn_eps``; the norm is ``FrozenBN``, which Detectron2 runs as
+  ``F.batch_norm`` in eval at test time;
 * FPN (``MODEL.FPN``): ``fpn_channels``;
 * anchors (``MODEL.ANCHOR_GENERATOR``): ``anchor_sizes`` (one tuple per level: C4 one level of
   five sizes, FPN five levels of one), ``aspect_ratios`` (h / w), ``anchor_offset``;
