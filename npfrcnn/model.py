@@ -12,8 +12,10 @@ Stages (each a public method, so a port can be diffed against any of them)::
       head        -> (bbox_pred [P, 4n], cls_prob [P, n+1]) block4, mean, fc heads
       detections  -> Detections                             per-class NMS, top 300
 
-``detect(image)`` runs them all on one uint8 array; ``predict(inputs)`` takes paths, arrays or
-PIL images (one or a list), checks them all first and returns one
+Those are the C4 (workshop) shapes; the torchvision FPN and Detectron2 profiles run the same
+stages with their own parts (``build_parts``; ``npfrcnn.modeling``), features as a dict of
+levels. ``detect(image)`` runs them all on one uint8 array; ``predict(inputs)`` takes paths,
+arrays or PIL images (one or a list), checks them all first and returns one
 :class:`npfrcnn.results.Prediction` per input. The ``backend`` (``"numpy"`` or ``"cpu"``) is
 passed to the ops that have one (convolutions, NMS, crop-and-resize); the others are NumPy/BLAS
 for both.
@@ -329,8 +331,10 @@ class FasterRCNN:
 
         C4: :func:`npfrcnn.rcnn.final_detections`. FPN: torchvision's
         ``postprocess_detections`` in the resized image (``image_shape``), then boxes scaled to
-        ``original_size`` (default: ``image_shape``, no scaling). ``min_prob`` overrides the
-        profile's score threshold (C4 keeps ``p >= min_prob``, torchvision ``p > min_prob``).
+        ``original_size`` (default: ``image_shape``, no scaling). Detectron2: its
+        ``fast_rcnn_inference_single_image`` then ``detector_postprocess``. ``min_prob``
+        overrides the profile's score threshold (C4 keeps ``p >= min_prob``, torchvision and
+        Detectron2 ``p > min_prob``).
         """
         if min_prob is not None and not 0.0 <= float(min_prob) <= 1.0:
             raise ValueError(f"min_prob must be in [0, 1], got {min_prob!r}")
@@ -557,8 +561,10 @@ class FasterRCNN:
         """Every stage's output for one image (for diffs): a dict of arrays and dataclasses.
 
         Keys: ``input``, ``features``, ``rpn``, ``anchors``, ``proposals``, ``pooled``,
-        ``bbox_pred``, ``cls_prob`` (C4; FPN: the class logits), ``detections``; FPN profiles
-        add ``body`` (``[C2, C3, C4, C5]``), ``image_size`` and ``original_size``.
+        ``bbox_pred``, ``cls_prob`` (C4; FPN and Detectron2: the class logits),
+        ``detections``; FPN profiles add ``body`` (``[C2, C3, C4, C5]``), ``image_size`` and
+        ``original_size``; Detectron2 profiles ``body`` (``{"res2": .., ..}``, the ResNet's
+        outputs), ``image_size`` and ``original_size``.
         """
         pre = self.transform(image)
         x = pre.x
