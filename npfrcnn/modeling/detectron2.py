@@ -134,8 +134,10 @@ class D2Transform:
                 "np.clip(a, 0, 255).astype(np.uint8)"
             )
         h0, w0 = int(img.shape[0]), int(img.shape[1])
-        # RGB -> BGR, as cv2 gives DefaultPredictor
-        resized = self.resize(img[:, :, ::-1].astype(np.uint8))
+        # DefaultPredictor resizes the BGR image; Pillow's bilinear treats each channel alike,
+        # so resizing the RGB image and then reversing the channels gives the same bytes
+        # without copying the full-size image first.
+        resized = self.resize(img.astype(np.uint8, copy=False))[:, :, ::-1]
         oh, ow = int(resized.shape[0]), int(resized.shape[1])
         mean = np.asarray(self.config.pixel_mean, dtype=np.float32)
         std = np.asarray(self.config.pixel_std, dtype=np.float32)
