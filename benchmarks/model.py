@@ -61,6 +61,44 @@ Usage (torchvision)::
 and pools the timed runs: torch's speed differs by 10-15 % from one process to the next on a
 small VM. Each child's row "other processes' CPU time" (from ``/proc/stat``) says whether
 anything else ran meanwhile; above 3 % of the cores the output warns that it is unreliable.
+
+Detectron2 profiles (``--profile detectron2-r101-c4``, ``detectron2-r50-fpn``,
+``detectron2-r101-fpn``): npfrcnn beside the torch implementation of Detectron2's Faster R-CNN
+that the tests use as their oracle (``tests/d2_oracle.py``; Detectron2 itself is not on PyPI),
+eager on the CPU, with the same machinery (children, rounds, RSS, agreement, verdicts) as the
+torchvision profiles:
+
+* the weights: a seeded full-size ``D2Oracle`` (80 classes; ``"c4", units=(3, 4, 23, 3)`` for
+  R101-C4, ``"fpn", (3, 4, 6, 3)`` for R50-FPN, ``"fpn", (3, 4, 23, 3)`` for R101-FPN; min/max
+  size 800/1333) filled by ``D2Oracle.randomize_(seed)``, saved as a model-zoo ``.pkl``
+  (``save_model_zoo_pkl``) and converted by
+  ``npfrcnn.weights.convert_detectron2.detectron2_to_hdf5``; the same state dict is also
+  saved beside it with ``torch.save``, and the ``torch`` child builds the ``D2Oracle``
+  architecture and loads it with ``load_state_dict``; the ``cpu`` (and ``numpy``) child loads
+  the HDF5;
+* the image: as for torchvision (synthetic, 800 x 1333 by default, or ``--image``): Detectron2's
+  ``ResizeShortestEdge(800, 1333)`` keeps that size (Pillow's resize still runs in both); FPN
+  pads to 800 x 1344, C4 does not pad. npfrcnn gets the RGB image (its preprocess flips it to
+  BGR); the oracle gets the same image as BGR (what ``DefaultPredictor`` gets from cv2), flipped
+  once before the timed runs;
+* torch's stages are the oracle's stage methods in ``forward``'s order under
+  ``torch.no_grad()``: preprocess = ``preprocess`` (resize, normalise, pad); features =
+  ``backbone``; rpn = ``rpn_head``; proposals = ``anchors`` + ``proposals``; roi_pool = ``pool``;
+  head = ``box_head`` + ``predictor``; detections = ``postprocess``. After the timed runs it
+  makes one plain ``forward()`` call (reported apart) whose detections are compared with
+  npfrcnn's; npfrcnn's labels and Detectron2's ``pred_classes`` are the same 0-based numbers.
+
+Usage (Detectron2)::
+
+    python benchmarks/model.py --profile detectron2-r101-c4 --runs 3 --rounds 4 --write
+    python benchmarks/model.py --profile detectron2-r50-fpn --runs 3 --rounds 4 --write
+    python benchmarks/model.py --profile detectron2-r101-fpn --runs 3 --rounds 4 --write
+    python benchmarks/model.py --profile detectron2-r50-fpn --small --runs 1   # quick check
+
+``--write`` replaces the section "Whole model (CPU): PROFILE vs the torch implementation
+(tests/d2_oracle.py)" of ``benchmarks/RESULTS.md``. ``--small`` uses reduced test models
+(units (1, 1, 1, 1), narrow widths, min/max size 160/256): a check of this script, not a
+measurement.
 """
 
 from __future__ import annotations
@@ -74,6 +112,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +129,21 @@ TV_VARIANTS = {
     "torchvision-r50-fpn-v2": "v2",
     "torchvision-r101-fpn": "r101",
 }
-PROFILES = (WORKSHOP, *TV_VARIANTS)
+#: Detectron2 profile -> the tests/d2_oracle.py ``D2Oracle`` (variant, units) of its full size
+D2_VARIANTS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
+    "detectron2-r101-c4": ("c4", (3, 4, 23, 3)),
+    "detectron2-r50-fpn": ("fpn", (3, 4, 6, 3)),
+    "detectron2-r101-fpn": ("fpn", (3, 4, 23, 3)),
+}
+#: the classes of the Detectron2 profiles' models (COCO's 80)
+D2_CLASSES = 80
+#: ``--small``: the reduced oracle (units and ``D2Oracle`` knobs) for a quick check
+D2_SMALL_UNITS = (1, 1, 1, 1)
+D2_SMALL_KNOBS: dict[str, Any] = {
+    "stem_channels": 16, "res2_channels": 64, "width_per_group": 16, "fpn_channels": 32,
+    "fc_dim": 64, "min_size_test": 160, "max_size_test": 256,
+}
+PROFILES = (WORKSHOP, *TV_VARIANTS, *D2_VARIANTS)
 _REPO = Path(__file__).resolve().parents[1]
 _THREAD_VARS = (
     "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
@@ -274,14 +327,17 @@ def _save_dets(path: str | None, boxes: Any, labels: Any, scores: Any) -> None:
 
 
 def _run_npfrcnn(backend: str, weights: str, image: np.ndarray, runs: int,
-                 dets_out: str | None = None) -> dict[str, Any]:
+                 dets_out: str | None = None, label_offset: int = 1) -> dict[str, Any]:
+    """``label_offset``: added to npfrcnn's labels in ``dets_out`` to give the reference's ids
+    (torchvision 1, its 0 is the background; Detectron2 0, the same numbers)."""
     t = time.perf_counter()
     from npfrcnn.model import FasterRCNN
 
     model = FasterRCNN.from_hdf5(weights, backend=backend)
     load_s = time.perf_counter() - t
     rss_loaded = _vm_kib("VmRSS")
-    # torchvision mode: the peak while loading, then the peak while detecting apart
+    # beside torch (torchvision, Detectron2): the peak while loading, then the peak while
+    # detecting apart
     load_peak = _reset_peak_rss() if dets_out else None
 
     def once() -> tuple[dict[str, float], Any]:
@@ -298,8 +354,9 @@ def _run_npfrcnn(backend: str, weights: str, image: np.ndarray, runs: int,
     out["flops"] = count_flops(model, image)
     out["sgemm_gflops"] = sgemm_ceiling()
     if dets_out:
-        # npfrcnn's labels are 0-based without the background: torchvision's are labels + 1
-        _save_dets(dets_out, dets.boxes, np.asarray(dets.labels) + 1, dets.scores)
+        # npfrcnn's labels are 0-based without the background: torchvision's are labels + 1,
+        # Detectron2's pred_classes the same numbers
+        _save_dets(dets_out, dets.boxes, np.asarray(dets.labels) + label_offset, dets.scores)
         out["load_peak_rss_kib"] = load_peak
     return out
 
@@ -313,28 +370,41 @@ def _tv_models() -> Any:
     return tv_models
 
 
-def _run_torch(variant: str, pth: str, image: np.ndarray, runs: int, threads: int | None,
-               seed: int, dets_out: str | None, small: bool = False) -> dict[str, Any]:
-    t = time.perf_counter()
+def _d2_oracle() -> Any:
+    """``tests/d2_oracle.py`` (the torch implementation of the Detectron2 profiles)."""
+    tests = str(_REPO / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    import d2_oracle
+
+    return d2_oracle
+
+
+def _build_d2_oracle(profile: str, small: bool = False) -> Any:
+    """The ``D2Oracle`` of ``profile`` (Detectron2's init: weights still to be filled or
+    loaded); ``small``: the reduced test model (:data:`D2_SMALL_UNITS`, :data:`D2_SMALL_KNOBS`)."""
+    variant, units = D2_VARIANTS[profile]
+    if small:
+        return _d2_oracle().D2Oracle(variant, units=D2_SMALL_UNITS, num_classes=D2_CLASSES,
+                                     **D2_SMALL_KNOBS)
+    return _d2_oracle().D2Oracle(variant, units=units, num_classes=D2_CLASSES)
+
+
+def _tv_chain(profile: str, pth: str, image: np.ndarray, seed: int, small: bool) -> Any:
+    """torchvision's model with the weights of ``pth``: (its stages, timed, as one call; one
+    plain ``forward()``), each returning its detections (boxes, labels, scores)."""
     import torch
-    import torchvision
     from torchvision.models.detection.rpn import concat_box_prediction_layers
 
-    if threads:
-        torch.set_num_threads(threads)
     tv_models = _tv_models()
     # torchvision's usual way: build the architecture, then load the state dict into it
-    model = tv_models.build(variant, small=small, seed=seed)
+    model = tv_models.build(TV_VARIANTS[profile], small=small, seed=seed)
     state = torch.load(pth, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     del state
     model.eval()
-    load_s = time.perf_counter() - t
-    rss_loaded = _vm_kib("VmRSS")
-    load_peak = _reset_peak_rss()
     original_size = [tuple(image.shape[:2])]
 
-    @torch.no_grad()
     def once() -> tuple[dict[str, float], Any]:
         st: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -378,16 +448,98 @@ def _run_torch(variant: str, pth: str, image: np.ndarray, runs: int, threads: in
         st["total"] = t - t0
         return st, dets
 
+    def forward() -> Any:
+        return model([tv_models.to_tensor(image)])[0]
+
+    return once, forward
+
+
+def _d2_chain(profile: str, pth: str, image: np.ndarray, seed: int, small: bool) -> Any:
+    """The Detectron2 oracle (``tests/d2_oracle.py``) with the weights of ``pth``, as
+    :func:`_tv_chain`. It gets the image as BGR (``DefaultPredictor``'s input format)."""
+    import torch
+
+    model = _build_d2_oracle(profile, small)
+    state = torch.load(pth, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    del state
+    model.eval()
+    # npfrcnn flips its RGB input in its preprocess; Detectron2 is given cv2's BGR image
+    bgr = np.ascontiguousarray(image[:, :, ::-1])
+
+    def once() -> tuple[dict[str, float], Any]:
+        st: dict[str, float] = {}
+        t0 = time.perf_counter()
+        t = t0
+
+        def lap(name: str) -> None:
+            nonlocal t
+            t1 = time.perf_counter()
+            st[name] = t1 - t
+            t = t1
+
+        pre = model.preprocess(bgr)
+        lap("preprocess")
+        feats = model.backbone(pre["input"])
+        lap("features")
+        logits, deltas = model.rpn_head(feats)
+        lap("rpn")
+        anchors = model.anchors(feats)
+        props = model.proposals(logits, deltas, anchors, pre["image_size"])
+        lap("proposals")
+        pooled, _levels = model.pool(feats, props["boxes"])
+        lap("roi_pool")
+        x = model.box_head(pooled)
+        cls_logits, box_deltas = model.predictor(x)
+        lap("head")
+        post = model.postprocess(
+            props["boxes"], cls_logits, box_deltas, pre["image_size"], pre["original_size"]
+        )
+        lap("detections")
+        st["total"] = t - t0
+        return st, {"boxes": post["boxes"], "labels": post["classes"], "scores": post["scores"]}
+
+    def forward() -> Any:
+        post = model(bgr)["postprocess"]
+        return {"boxes": post["boxes"], "labels": post["classes"], "scores": post["scores"]}
+
+    return once, forward
+
+
+def _as_numpy(v: Any) -> np.ndarray:
+    return v.numpy() if hasattr(v, "numpy") else np.asarray(v)
+
+
+def _run_torch(profile: str, pth: str, image: np.ndarray, runs: int, threads: int | None,
+               seed: int, dets_out: str | None, small: bool = False) -> dict[str, Any]:
+    """The torch child of a torchvision or Detectron2 profile (:func:`_tv_chain`,
+    :func:`_d2_chain`): load, a warm-up and ``runs`` timed staged runs under
+    ``torch.no_grad()``, then one plain ``forward()`` whose detections go to ``dets_out``."""
+    t = time.perf_counter()
+    import torch
+    import torchvision
+
+    if threads:
+        torch.set_num_threads(threads)
+    chain = _d2_chain if profile in D2_VARIANTS else _tv_chain
+    staged_once, forward = chain(profile, pth, image, seed, small)
+    load_s = time.perf_counter() - t
+    rss_loaded = _vm_kib("VmRSS")
+    load_peak = _reset_peak_rss()
+    once = torch.no_grad()(staged_once)
+
     first, staged = once()
     timed = _timed_runs(once, first, runs)
     # one plain forward() call: the public API, and the detections compared with npfrcnn's
     with torch.no_grad():
         t0 = time.perf_counter()
-        dets = model([tv_models.to_tensor(image)])[0]
+        dets = forward()
         forward_s = time.perf_counter() - t0
     print(f"    forward(): {forward_s:.2f} s", file=sys.stderr, flush=True)
-    same = all(torch.equal(dets[k], staged[k]) for k in ("boxes", "labels", "scores"))
-    _save_dets(dets_out, dets["boxes"].numpy(), dets["labels"].numpy(), dets["scores"].numpy())
+    keys = ("boxes", "labels", "scores")
+    dets = {k: _as_numpy(dets[k]) for k in keys}
+    same = all(np.array_equal(dets[k], _as_numpy(staged[k])) for k in keys)
+    _save_dets(dets_out, dets["boxes"], dets["labels"], dets["scores"])
     return {"load_s": load_s, "rss_loaded_kib": rss_loaded, "first": first, "runs": timed,
             "detections": int(dets["scores"].shape[0]), "forward_s": forward_s,
             "staged_equals_forward": same, "load_peak_rss_kib": load_peak,
@@ -455,10 +607,11 @@ def child_main(args: argparse.Namespace) -> int:
     if args.child == "tf":
         result = _run_tf(args.weights, image, args.runs, args.threads)
     elif args.child == "torch":
-        result = _run_torch(TV_VARIANTS[args.profile], args.weights, image, args.runs,
-                            args.threads, args.seed, args.dets, args.small)
+        result = _run_torch(args.profile, args.weights, image, args.runs, args.threads,
+                            args.seed, args.dets, args.small)
     else:
-        result = _run_npfrcnn(args.child, args.weights, image, args.runs, args.dets)
+        result = _run_npfrcnn(args.child, args.weights, image, args.runs, args.dets,
+                              label_offset=0 if args.profile in D2_VARIANTS else 1)
     result["peak_rss_kib"] = _vm_kib("VmHWM")
     with atomic_write(args.result) as f:
         json.dump(result, f)
@@ -574,6 +727,9 @@ def _mib(kib: int | None) -> str:
 # --- torchvision profiles ----------------------------------------------------------------------
 
 _TV_NAMES = {"cpu": "npfrcnn cpu", "numpy": "npfrcnn numpy", "torch": "torchvision"}
+#: the Detectron2 profiles' names: in rows, ratios, notes and verdicts, and the torch column's
+_D2_NAMES = {**_TV_NAMES, "torch": "Detectron2 oracle"}
+_D2_COLUMN = "Detectron2 oracle (tests/d2_oracle.py, torch eager)"
 
 
 def _ratio(a: float | None, b: float | None) -> str:
@@ -588,7 +744,8 @@ def _whole_peak(r: dict[str, Any]) -> int | None:
 
 
 def compare_detections(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str, Any]:
-    """npfrcnn's detections against torchvision's (labels in torchvision's 1-based ids).
+    """npfrcnn's detections against the reference's (labels in the reference's ids:
+    torchvision's 1-based ones, Detectron2's 0-based ``pred_classes``).
 
     Each of ours (in score order) is matched to the unused reference detection of the same
     label with the largest IoU; it counts as matched when that IoU is at least 0.99.
@@ -626,11 +783,11 @@ def compare_detections(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray]) 
     return out
 
 
-def format_agreement(cmp: dict[str, Any], name: str) -> str:
+def format_agreement(cmp: dict[str, Any], name: str, ref: str = "torchvision") -> str:
     n_ours, n_ref = cmp["count"]
     yes = {True: "yes", False: "no"}
     text = (
-        f"Detections, {name} vs torchvision `forward()`: "
+        f"Detections, {name} vs {ref} `forward()`: "
         f"{'AGREE' if cmp['agree'] else 'DISAGREE'}: count {n_ours} vs {n_ref}; labels "
         f"identical in order: {yes[cmp['labels_in_order']]}; same labels as a multiset: "
         f"{yes[cmp['labels_as_multiset']]}; matched one to one (same label, IoU >= 0.99): "
@@ -672,16 +829,22 @@ def _merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def format_tv_table(results: dict[str, dict[str, Any]], header: str) -> str:
+def format_tv_table(results: dict[str, dict[str, Any]], header: str,
+                    names: dict[str, str] | None = None, torch_column: str | None = None) -> str:
+    """The table of a torchvision or Detectron2 profile: ``names`` (default torchvision's)
+    name each system in its column, the ratios and the rows; ``torch_column``, if given, heads
+    the torch column instead of ``names["torch"]``."""
+    names = names or _TV_NAMES
     ok = [b for b in results if "error" not in results[b]]
     base = "torch" if "torch" in ok else None
     ours = [b for b in ok if b != "torch"]
     cols = [*ours, *(["torch"] if base else [])]
     ratio_cols = ours if base else []
     lines = [header, ""]
-    names = [_TV_NAMES.get(b, b) for b in cols]
-    ratio_names = [f"{_TV_NAMES[b]} / torchvision" for b in ratio_cols]
-    lines.append("| stage (s, median) | " + " | ".join(names + ratio_names) + " |")
+    col_names = [torch_column if b == "torch" and torch_column else names.get(b, b)
+                 for b in cols]
+    ratio_names = [f"{names[b]} / {names['torch']}" for b in ratio_cols]
+    lines.append("| stage (s, median) | " + " | ".join(col_names + ratio_names) + " |")
     lines.append("|---|" + "---:|" * (len(cols) + len(ratio_cols)))
 
     def row(name: str, value: Any, fmt: Any, ratio: bool) -> None:
@@ -702,8 +865,8 @@ def format_tv_table(results: dict[str, dict[str, Any]], header: str) -> str:
     row("first run (warm-up) total, s", lambda r: r["first"]["total"], sec, True)
     row("first - median (compile / set-up), s",
         lambda r: r["first"]["total"] - _median(r["runs"], "total"), sec, False)
-    row("torchvision `forward()`, one call after the runs, s", lambda r: r.get("forward_s"),
-        sec, False)
+    row(f"{names['torch']} `forward()`, one call after the runs, s",
+        lambda r: r.get("forward_s"), sec, False)
     row("load (imports, build, weights), s", lambda r: r["load_s"], sec, True)
     row("RSS after load, MiB", lambda r: r.get("rss_loaded_kib"), _mib, True)
     row("peak RSS while loading, MiB", lambda r: r.get("load_peak_rss_kib"), _mib, True)
@@ -726,27 +889,30 @@ def format_tv_table(results: dict[str, dict[str, Any]], header: str) -> str:
     row("detections", lambda r: r["detections"], str, False)
     for b, r in results.items():
         if "error" in r:
-            lines.append(f"\n{_TV_NAMES.get(b, b)}: {r['error']}")
+            lines.append(f"\n{names.get(b, b)}: {r['error']}")
     return "\n".join(lines)
 
 
-def tv_verdicts(results: dict[str, dict[str, Any]], backend: str = "cpu") -> list[str]:
-    """The issue's targets for ``backend`` against torchvision: time and peak RSS."""
+def tv_verdicts(results: dict[str, dict[str, Any]], backend: str = "cpu",
+                names: dict[str, str] | None = None) -> list[str]:
+    """The issue's targets for ``backend`` against the torch reference (torchvision, or the
+    Detectron2 oracle with ``names=_D2_NAMES``): time and peak RSS."""
+    names = names or _TV_NAMES
     if any(b not in results or "error" in results[b] for b in (backend, "torch")):
         return [f"Targets: not assessed ({backend} or torch did not finish)."]
     ours, ref = results[backend], results["torch"]
     t_o, t_r = _median(ours["runs"], "total"), _median(ref["runs"], "total")
     m_o, m_r = _whole_peak(ours), _whole_peak(ref)
     d_o, d_r = ours.get("peak_rss_kib"), ref.get("peak_rss_kib")
-    name = _TV_NAMES[backend]
+    name, ref_name = names[backend], names["torch"]
     out = [
-        f"Target, end to end ({name} median total <= torchvision's): "
+        f"Target, end to end ({name} median total <= {ref_name}'s): "
         f"**{'met' if t_o <= t_r else 'NOT met'}**, {t_o:.3f} s vs {t_r:.3f} s "
         f"({_ratio(t_o, t_r)})."
     ]
     if m_o is not None and m_r is not None:
         out.append(
-            f"Target, peak RSS (whole process, {name} <= torchvision's): "
+            f"Target, peak RSS (whole process, {name} <= {ref_name}'s): "
             f"**{'met' if m_o <= m_r else 'NOT met'}**, {m_o / 1024:.0f} MiB vs "
             f"{m_r / 1024:.0f} MiB ({_ratio(m_o, m_r)})"
             + (f"; while detecting only: {d_o / 1024:.0f} vs {d_r / 1024:.0f} MiB "
@@ -821,71 +987,188 @@ def _revision() -> str:
     return f"{head} plus uncommitted changes: " + "; ".join(parts)
 
 
-def main_torchvision(args: argparse.Namespace, backends: list[str], argv: list[str] | None) -> int:
+@dataclass
+class _TorchReference:
+    """A torchvision or Detectron2 profile's model, as :func:`main_vs_torch` runs it."""
+
+    torch_weights: str  # what the torch child loads (a torch.save state dict)
+    h5: str  # what the npfrcnn children load
+    model: str  # the header's opening: the model, its weights and files
+    resized: tuple[int, int]  # the image's size after the profile's resize
+    padded: tuple[int, int] | None  # after the padding; None: not padded
+    torch_desc: str  # the header's last words: what torch runs
+    names: dict[str, str]  # backend -> name in rows, ratios, notes and verdicts
+    column: str | None  # the torch column's heading (None: names["torch"])
+    section: str  # the RESULTS.md section --write replaces
+
+
+def _prepare_torchvision(args: argparse.Namespace, folder: str) -> _TorchReference | None:
+    """Build the seeded torchvision model, save its state dict, convert it to HDF5."""
     import torch
 
+    from npfrcnn.ops.resize import torchvision_resize_size
     from npfrcnn.weights.convert_torchvision import torchvision_to_hdf5
 
     profile, variant = args.profile, TV_VARIANTS[args.profile]
+    tv_models = _tv_models()
+    pth, h5 = os.path.join(folder, "model.pth"), os.path.join(folder, "model.h5")
+    t = time.perf_counter()
+    tv = tv_models.build(variant, small=args.small, seed=args.seed)
+    torch.save(tv.state_dict(), pth)
+    sizes = (tv.transform.min_size[-1], tv.transform.max_size)
+    del tv
+    build_s = time.perf_counter() - t
+    t = time.perf_counter()
+    changes = {"min_size": sizes[0], "max_size": sizes[1]} if args.small else None
+    conv = torchvision_to_hdf5(pth, h5, profile, changes=changes)
+    convert_s = time.perf_counter() - t
+    cfg = conv["config"]
+    if (cfg.min_size, cfg.max_size) != sizes:
+        print(f"converted min/max size {(cfg.min_size, cfg.max_size)} != torchvision's "
+              f"{sizes}", file=sys.stderr)
+        return None
+    rh, rw = torchvision_resize_size(args.height, args.width, cfg.min_size, cfg.max_size)
+    d = cfg.size_divisible
+    model = (
+        f"{profile} (tests/tv_models.py variant `{variant}`, "
+        f"{'REDUCED size (small=True), a quick check only' if args.small else 'full size'}"
+        "), RANDOM weights "
+        f"(seed {args.seed}), {cfg.num_classes + 1} torchvision classes; `.pth` "
+        f"{os.path.getsize(pth) / 1e6:.0f} MB (built and saved in {build_s:.1f} s), "
+        f"HDF5 {os.path.getsize(h5) / 1e6:.0f} MB (converted in {convert_s:.1f} s). "
+    )
+    return _TorchReference(
+        torch_weights=pth, h5=h5, model=model, resized=(rh, rw),
+        padded=(-(-rh // d) * d, -(-rw // d) * d), torch_desc="torchvision eager",
+        names=_TV_NAMES, column=None, section=f"Whole model (CPU): {profile} vs torchvision",
+    )
+
+
+def _prepare_detectron2(args: argparse.Namespace, folder: str) -> _TorchReference | None:
+    """Build the seeded ``D2Oracle``, save it as a model-zoo ``.pkl`` (and its state dict with
+    ``torch.save``, for the torch child), convert the ``.pkl`` to HDF5."""
+    import torch
+
+    from npfrcnn.modeling.detectron2 import resize_shortest_edge_size
+    from npfrcnn.weights.convert_detectron2 import detectron2_to_hdf5
+
+    profile = args.profile
+    variant = D2_VARIANTS[profile][0]
+    d2 = _d2_oracle()
+    pkl, pth, h5 = (os.path.join(folder, f"model.{ext}") for ext in ("pkl", "pth", "h5"))
+    t = time.perf_counter()
+    oracle = _build_d2_oracle(profile, args.small).randomize_(args.seed)
+    state = oracle.state_dict()
+    d2.save_model_zoo_pkl(state, pkl)
+    torch.save(state, pth)
+    sizes = (int(oracle.cfg["min_size_test"]), int(oracle.cfg["max_size_test"]))
+    units = tuple(oracle.units)
+    del oracle, state
+    build_s = time.perf_counter() - t
+    t = time.perf_counter()
+    changes = {"min_size_test": sizes[0], "max_size_test": sizes[1]} if args.small else None
+    conv = detectron2_to_hdf5(pkl, h5, profile, changes=changes)
+    convert_s = time.perf_counter() - t
+    cfg = conv["config"]
+    for note in conv.get("notes", []):
+        print(f"note (conversion): {note}", file=sys.stderr)
+    problems = []
+    if (cfg.min_size_test, cfg.max_size_test) != sizes:
+        problems.append(f"converted min/max size {(cfg.min_size_test, cfg.max_size_test)} != "
+                        f"the oracle's {sizes}")
+    if tuple(cfg.units_per_block) != units or cfg.num_classes != D2_CLASSES:
+        problems.append(f"converted units {cfg.units_per_block} / {cfg.num_classes} classes "
+                        f"!= the oracle's {units} / {D2_CLASSES}")
+    if problems:
+        print("; ".join(problems), file=sys.stderr)
+        return None
+    rh, rw = resize_shortest_edge_size(args.height, args.width, cfg.min_size_test,
+                                       cfg.max_size_test)
+    theirs = d2.get_output_shape(args.height, args.width, *sizes)
+    if tuple(theirs) != (rh, rw):
+        print(f"WARNING: npfrcnn resizes to {rh}x{rw}, the oracle to {theirs[0]}x{theirs[1]}",
+              file=sys.stderr)
+    d = cfg.size_divisibility
+    if args.small:
+        knobs = {"stem": "stem_channels", "res2": "res2_channels",
+                 "bottleneck": "width_per_group"}
+        if cfg.is_fpn:
+            knobs.update(FPN="fpn_channels", fc="fc_dim")
+        widths = "/".join(str(D2_SMALL_KNOBS[k]) for k in knobs.values())
+        size = (f"REDUCED size ({'/'.join(knobs)} widths {widths}, min/max size "
+                f"{sizes[0]}/{sizes[1]}), a quick check only")
+    else:
+        size = "full size"
+    model = (
+        f"{profile} (tests/d2_oracle.py `D2Oracle(\"{variant}\", units={units})`, {size}), "
+        f"RANDOM weights (seed {args.seed}, `D2Oracle.randomize_`), {cfg.num_classes} "
+        "Detectron2 classes (+ the background, last); model-zoo `.pkl` "
+        f"{os.path.getsize(pkl) / 1e6:.0f} MB (built, randomised and saved, with a "
+        f"`torch.save` state dict for the torch child, in {build_s:.1f} s), HDF5 "
+        f"{os.path.getsize(h5) / 1e6:.0f} MB (converted from the `.pkl` in {convert_s:.1f} s). "
+    )
+    return _TorchReference(
+        torch_weights=pth, h5=h5, model=model, resized=(rh, rw),
+        padded=(-(-rh // d) * d, -(-rw // d) * d) if d > 1 else None,
+        torch_desc="the Detectron2 oracle (tests/d2_oracle.py, torch eager; given the image as "
+                   "BGR, as DefaultPredictor is)",
+        names=_D2_NAMES, column=_D2_COLUMN,
+        section=f"Whole model (CPU): {profile} vs the torch implementation (tests/d2_oracle.py)",
+    )
+
+
+def _vs_torch_header(args: argparse.Namespace, ref: _TorchReference) -> str:
+    rh, rw = ref.resized
+    same = (rh, rw) == (args.height, args.width)
+    threads = args.threads
+    if ref.padded is not None:
+        pad = f", padded to {ref.padded[0]}x{ref.padded[1]}"
+    else:
+        pad = ", not padded (size_divisibility 0)"
+    return (
+        ref.model
+        + f"Image {args.height}x{args.width} "
+        f"({'photo ' + args.image if args.image else 'synthetic, seeded'}): resized to "
+        f"{rh}x{rw}" + (" (scale 1.0, the size is unchanged; both systems still run their "
+                        "bilinear resize)" if same else "")
+        + f"{pad}. {threads or 'default'} threads in both "
+        f"(torch.set_num_threads, OMP/MKL/OpenBLAS/Numba variables); each system in its "
+        f"own process, "
+        + (f"{args.rounds} rounds (a fresh process each, alternating which system goes "
+           f"first), each a warm-up + {args.runs} timed runs: medians of the "
+           f"{args.rounds * args.runs} timed runs"
+           + " (the first run is the first round's; RSS figures the largest of any round)"
+           if args.rounds > 1 else f"a warm-up + median of {args.runs} timed runs")
+        + f"; {ref.torch_desc} under torch.no_grad()."
+    )
+
+
+def main_vs_torch(args: argparse.Namespace, backends: list[str], argv: list[str] | None) -> int:
+    """A torchvision or Detectron2 profile: npfrcnn beside its torch implementation."""
+    import torch
+
+    profile = args.profile
     threads = args.threads
     if threads:
         torch.set_num_threads(threads)
-    tv_models = _tv_models()
     load0 = os.getloadavg()
     if load0[0] > 0.5:
         print(f"note: load average {load0[0]:.2f} before the run (other jobs, or a run that "
               "just ended); each child's table row 'other processes' CPU time' says what else "
               "ran meanwhile", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="npfrcnn-bench-") as folder:
-        pth, h5 = os.path.join(folder, "model.pth"), os.path.join(folder, "model.h5")
-        t = time.perf_counter()
-        tv = tv_models.build(variant, small=args.small, seed=args.seed)
-        torch.save(tv.state_dict(), pth)
-        sizes = (tv.transform.min_size[-1], tv.transform.max_size)
-        del tv
-        build_s = time.perf_counter() - t
-        t = time.perf_counter()
-        changes = {"min_size": sizes[0], "max_size": sizes[1]} if args.small else None
-        conv = torchvision_to_hdf5(pth, h5, profile, changes=changes)
-        convert_s = time.perf_counter() - t
-        cfg = conv["config"]
-        if (cfg.min_size, cfg.max_size) != sizes:
-            print(f"converted min/max size {(cfg.min_size, cfg.max_size)} != torchvision's "
-                  f"{sizes}", file=sys.stderr)
+        prepare = _prepare_detectron2 if profile in D2_VARIANTS else _prepare_torchvision
+        ref_model = prepare(args, folder)
+        if ref_model is None:
             return 1
+        names = ref_model.names
         if args.image:
             image = photo_image(args.image, args.height, args.width)
         else:
             image = synthetic_image(args.height, args.width, args.seed)
         image_npy = os.path.join(folder, "image.npy")
         np.save(image_npy, image)
-        from npfrcnn.ops.resize import torchvision_resize_size
-
-        rh, rw = torchvision_resize_size(args.height, args.width, cfg.min_size, cfg.max_size)
-        d = cfg.size_divisible
-        ph, pw = -(-rh // d) * d, -(-rw // d) * d
-        same = (rh, rw) == (args.height, args.width)
-        header = (
-            f"{profile} (tests/tv_models.py variant `{variant}`, "
-            f"{'REDUCED size (small=True), a quick check only' if args.small else 'full size'}"
-            "), RANDOM weights "
-            f"(seed {args.seed}), {cfg.num_classes + 1} torchvision classes; `.pth` "
-            f"{os.path.getsize(pth) / 1e6:.0f} MB (built and saved in {build_s:.1f} s), "
-            f"HDF5 {os.path.getsize(h5) / 1e6:.0f} MB (converted in {convert_s:.1f} s). "
-            f"Image {args.height}x{args.width} "
-            f"({'photo ' + args.image if args.image else 'synthetic, seeded'}): resized to "
-            f"{rh}x{rw}" + (" (scale 1.0, the size is unchanged; both systems still run their "
-                            "bilinear resize)" if same else "")
-            + f", padded to {ph}x{pw}. {threads or 'default'} threads in both "
-            f"(torch.set_num_threads, OMP/MKL/OpenBLAS/Numba variables); each system in its "
-            f"own process, "
-            + (f"{args.rounds} rounds (a fresh process each, alternating which system goes "
-               f"first), each a warm-up + {args.runs} timed runs: medians of the "
-               f"{args.rounds * args.runs} timed runs"
-               + " (the first run is the first round's; RSS figures the largest of any round)"
-               if args.rounds > 1 else f"a warm-up + median of {args.runs} timed runs")
-            + "; torchvision eager under torch.no_grad()."
-        )
+        header = _vs_torch_header(args, ref_model)
         per_round: dict[str, list[dict[str, Any]]] = {b: [] for b in backends}
         for k in range(args.rounds):
             # alternate the order, so that a slow spell of the machine does not fall on one
@@ -896,7 +1179,7 @@ def main_torchvision(args: argparse.Namespace, backends: list[str], argv: list[s
                 dets = os.path.join(folder, f"{b}-dets-{k}.npz")
                 extra = ["--profile", profile, "--seed", str(args.seed), "--dets", dets]
                 extra += ["--small"] if args.small else []
-                weights = pth if b == "torch" else h5
+                weights = ref_model.torch_weights if b == "torch" else ref_model.h5
                 r = run_child(b, weights, image_npy, args.runs, threads, folder, extra)
                 per_round[b].append(r)
                 if "error" in r:
@@ -913,15 +1196,15 @@ def main_torchvision(args: argparse.Namespace, backends: list[str], argv: list[s
     if "error" not in ref and "dets_arrays" in ref:
         for b in backends:
             if "error" not in results[b] and not results[b].get("rounds_identical", True):
-                notes.append(f"WARNING: {_TV_NAMES[b]} gave other detections in another round.")
+                notes.append(f"WARNING: {names[b]} gave other detections in another round.")
         if not ref.get("staged_equals_forward", True):
-            notes.append("WARNING: torchvision's staged chain gave other detections than its "
-                         "forward().")
+            notes.append(f"WARNING: {names['torch']}'s staged chain gave other detections than "
+                         "its forward().")
         for b in backends:
             if b != "torch" and "dets_arrays" in results[b]:
                 cmp = compare_detections(results[b]["dets_arrays"], ref["dets_arrays"])
                 results[b]["agreement"] = cmp
-                notes.append(format_agreement(cmp, _TV_NAMES[b]))
+                notes.append(format_agreement(cmp, names[b], names["torch"]))
     for b in results:
         results[b].pop("dets_arrays", None)
         r = results[b]
@@ -929,13 +1212,13 @@ def main_torchvision(args: argparse.Namespace, backends: list[str], argv: list[s
             share = r["others_cpu_s"] / (r["wall_s"] * (os.cpu_count() or 1))
             if share > 0.03:
                 notes.append(
-                    f"WARNING: the machine was busy while {_TV_NAMES.get(b, b)} ran: other "
+                    f"WARNING: the machine was busy while {names.get(b, b)} ran: other "
                     f"processes used {r['others_cpu_s']:.0f} s of CPU time ({100 * share:.0f} % "
                     "of all cores); its figures are not reliable: run again on a quiet machine."
                 )
-    verdicts = tv_verdicts(results, "cpu" if "cpu" in results else backends[0])
-    table = format_tv_table(results, header)
-    arith = format_arithmetic(results, _TV_NAMES)
+    verdicts = tv_verdicts(results, "cpu" if "cpu" in results else backends[0], names)
+    table = format_tv_table(results, header, names, ref_model.column)
+    arith = format_arithmetic(results, names)
     text = table + ("\n\n" + arith if arith else "") + "\n\n" + "\n\n".join(notes + verdicts)
     print(text)
     if args.write:
@@ -947,8 +1230,7 @@ def main_torchvision(args: argparse.Namespace, backends: list[str], argv: list[s
             f"Machine: {_tv_machine(ref.get('versions'))}.\n"
             f"Command: `{command}`.\nRevision: {_revision()}.\n\n{text}"
         )
-        replace_section(Path(__file__).with_name("RESULTS.md"),
-                        f"Whole model (CPU): {profile} vs torchvision", body)
+        replace_section(Path(__file__).with_name("RESULTS.md"), ref_model.section, body)
         print("wrote benchmarks/RESULTS.md", file=sys.stderr)
     if args.json:
         with atomic_write(args.json) as f:
@@ -965,33 +1247,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="block1 bottleneck width (default 64, the real network)")
     p.add_argument("--num-classes", type=int, default=80)
     p.add_argument("--profile", default=WORKSHOP, choices=PROFILES,
-                   help="workshop (the default: the C4 model beside TF) or a torchvision "
-                        "profile (npfrcnn beside torchvision on the CPU)")
+                   help="workshop (the default: the C4 model beside TF), a torchvision "
+                        "profile (npfrcnn beside torchvision on the CPU) or a Detectron2 "
+                        "profile (npfrcnn beside the torch implementation of Detectron2 in "
+                        "tests/d2_oracle.py, on the CPU)")
     p.add_argument("--height", type=int, default=None,
-                   help="image height (default 600; torchvision profiles 800)")
+                   help="image height (default 600; torchvision and Detectron2 profiles 800)")
     p.add_argument("--width", type=int, default=None,
-                   help="image width (default 1000; torchvision profiles 1333)")
+                   help="image width (default 1000; torchvision and Detectron2 profiles 1333)")
     p.add_argument("--image", default=None,
                    help="use this photo (resized) instead of a synthetic image")
     p.add_argument("--runs", type=int, default=3, help="timed runs after the warm-up (default 3)")
     p.add_argument("--rounds", type=int, default=1,
-                   help="torchvision profiles: run each system this many times, each time in a "
-                        "fresh process, alternating the order; the timed runs are pooled "
-                        "(default 1)")
+                   help="torchvision and Detectron2 profiles: run each system this many times, "
+                        "each time in a fresh process, alternating the order; the timed runs "
+                        "are pooled (default 1)")
     p.add_argument("--backends", default=None,
                    help="comma-separated subset of numpy,cpu,tf (default all three); for the "
-                        "torchvision profiles a subset of numpy,cpu,torch (default cpu,torch)")
+                        "torchvision and Detectron2 profiles a subset of numpy,cpu,torch "
+                        "(default cpu,torch)")
     p.add_argument("--threads", type=int, default=None,
                    help="limit BLAS/Numba/TF/torch threads in each child (default: library "
-                        "defaults; torchvision profiles: 2)")
+                        "defaults; torchvision and Detectron2 profiles: 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--small", action="store_true",
-                   help="torchvision profiles: the reduced-size test models (tests/tv_models.py "
-                        "small=True, min/max size 160/256) for a quick check of this script")
+                   help="torchvision and Detectron2 profiles: the reduced-size test models "
+                        "(tests/tv_models.py small=True; a D2Oracle with units 1,1,1,1 and "
+                        "narrow widths), min/max size 160/256, for a quick check of this script")
     p.add_argument("--json", default=None, help="also write the raw results here")
     p.add_argument("--write", action="store_true",
                    help="replace the 'Whole model (CPU)' section of benchmarks/RESULTS.md (for "
-                        "a torchvision profile: 'Whole model (CPU): PROFILE vs torchvision')")
+                        "a torchvision profile: 'Whole model (CPU): PROFILE vs torchvision'; for "
+                        "a Detectron2 profile: 'Whole model (CPU): PROFILE vs the torch "
+                        "implementation (tests/d2_oracle.py)')")
     # internal: one measurement in a child process
     p.add_argument("--child", choices=BACKENDS, help=argparse.SUPPRESS)
     p.add_argument("--weights", help=argparse.SUPPRESS)
@@ -999,7 +1287,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--result", help=argparse.SUPPRESS)
     p.add_argument("--dets", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    tv = args.profile != WORKSHOP
+    tv = args.profile != WORKSHOP  # torchvision or Detectron2: npfrcnn beside torch
     if args.height is None:
         args.height = 800 if tv else 600
     if args.width is None:
@@ -1025,7 +1313,7 @@ def main(argv: list[str] | None = None) -> int:
         print("--runs and --rounds must be at least 1", file=sys.stderr)
         return 2
     if args.profile != WORKSHOP:
-        return main_torchvision(args, backends, argv)
+        return main_vs_torch(args, backends, argv)
 
     from npfrcnn.config import workshop
     from npfrcnn.weights.random import make_random_model
