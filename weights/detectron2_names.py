@@ -31,6 +31,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from npfrcnn.config.detectron2 import Detectron2Config
+from npfrcnn.weights.torchvision_names import convert_layouts, convert_shape
 
 __all__ = [
     "NORM_KEYS", "BlockSpec", "expected_shapes", "first_linear", "resnet_prefix", "stage_blocks",
@@ -152,18 +153,9 @@ def _blocks(out: dict[str, tuple[int, ...]], blocks: list[BlockSpec]) -> None:
         _conv_norm(out, p + "conv3.", (blk.c_out, blk.width, 1, 1))
 
 
-def _convert_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    if len(shape) == 4:
-        o, i, kh, kw = shape
-        return (kh, kw, i, o)
-    if len(shape) == 2:
-        return (shape[1], shape[0])
-    return shape
-
-
 def expected_shapes(config: Detectron2Config) -> dict[str, tuple[int, ...]]:
     """Every tensor npfrcnn's Detectron2 model needs, key -> npfrcnn shape (HWIO, (in, out))."""
-    return {n: _convert_shape(s) for n, s in torch_shapes(config).items()}
+    return {n: convert_shape(s) for n, s in torch_shapes(config).items()}
 
 
 def to_npfrcnn(
@@ -174,18 +166,7 @@ def to_npfrcnn(
     ``tensors`` must already have Detectron2's shapes (the converter checks them first).
     """
     lin = first_linear(config)
-    s = config.pooler_resolution
-    out: dict[str, np.ndarray] = {}
-    for name in torch_shapes(config):
-        a = np.asarray(tensors[name]).astype(np.float32)
-        if lin is not None and name == lin + "weight":
-            # [out, C*S*S] in torch's (C, H, W) flatten order -> [S*S*C, out] in NHWC order.
-            r = a.shape[0]
-            c = a.shape[1] // (s * s)
-            a = a.reshape(r, c, s, s).transpose(2, 3, 1, 0).reshape(s * s * c, r)
-        elif a.ndim == 4:
-            a = a.transpose(2, 3, 1, 0)  # OIHW -> HWIO
-        elif a.ndim == 2:
-            a = a.T  # (out, in) -> (in, out)
-        out[name] = np.ascontiguousarray(a, dtype=np.float32)
-    return out
+    return convert_layouts(
+        torch_shapes(config), tensors, None if lin is None else lin + "weight",
+        config.pooler_resolution,
+    )

@@ -24,13 +24,16 @@ bfloat16 are widened exactly).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
 from npfrcnn.config.fpn import FPNConfig
 
-__all__ = ["expected_shapes", "to_npfrcnn", "torch_shapes", "NORM_KEYS", "first_linear"]
+__all__ = [
+    "expected_shapes", "to_npfrcnn", "torch_shapes", "NORM_KEYS", "first_linear",
+    "convert_layouts", "convert_shape",
+]
 
 NORM_KEYS = ("weight", "bias", "running_mean", "running_var")
 
@@ -112,7 +115,8 @@ def torch_shapes(config: FPNConfig) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def _convert_shape(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+def convert_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A torch tensor shape in npfrcnn's layout: OIHW -> HWIO, ``(out, in)`` -> ``(in, out)``."""
     if len(shape) == 4:
         o, i, kh, kw = shape
         return (kh, kw, i, o)
@@ -123,7 +127,7 @@ def _convert_shape(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def expected_shapes(config: FPNConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor npfrcnn's FPN model needs, key -> npfrcnn shape (HWIO, ``(in, out)``)."""
-    return {n: _convert_shape(n, s) for n, s in torch_shapes(config).items()}
+    return {n: convert_shape(s) for n, s in torch_shapes(config).items()}
 
 
 def to_npfrcnn(config: FPNConfig, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -131,12 +135,22 @@ def to_npfrcnn(config: FPNConfig, tensors: Mapping[str, np.ndarray]) -> dict[str
 
     ``tensors`` must already have the torch shapes (the converter checks them first).
     """
-    lin = first_linear(config)
-    s = config.roi_output_size
+    return convert_layouts(
+        torch_shapes(config), tensors, first_linear(config) + "weight", config.roi_output_size
+    )
+
+
+def convert_layouts(
+    names: Iterable[str], tensors: Mapping[str, np.ndarray], pooled_linear: str | None, s: int
+) -> dict[str, np.ndarray]:
+    """torch layouts -> npfrcnn layouts (module table) for ``names``: OIHW -> HWIO, Linear
+    transposed, and the rows of ``pooled_linear`` (the first Linear after an ``s x s`` RoI
+    pooler, or None) permuted from torch's (C, H, W) flatten to NHWC's (H, W, C). Shared with
+    :mod:`npfrcnn.weights.detectron2_names`."""
     out: dict[str, np.ndarray] = {}
-    for name in torch_shapes(config):
+    for name in names:
         a = np.asarray(tensors[name]).astype(np.float32)
-        if name == lin + "weight":
+        if name == pooled_linear:
             # [out, C*S*S] in torch's (C, H, W) flatten order -> [S*S*C, out] in NHWC order.
             r = a.shape[0]
             c = a.shape[1] // (s * s)
