@@ -21,19 +21,10 @@ then a strided view copied into the buffer); ``"cpu"`` gathers them with a paral
 straight from the unpadded input, gathers a strided 1x1 convolution's input in parallel, and
 adds the bias in parallel (``npfrcnn.kernels.cpu.conv``). A Numba GEMM would be both slower than
 the BLAS and no closer to TF's summation order. ``"cuda"`` is not provided by this front door.
-
-Winograd (opt-in: ``NPFRCNN_CONV=winograd`` or ``WINOGRAD = True``): the ``cpu`` backend then
-computes 3x3 stride-1 undilated convolutions with at least :data:`WINOGRAD_MIN_CHANNELS` input
-and output channels as Winograd F(2x2, 3x3) (``npfrcnn.kernels.cpu.winograd``): 16 GEMMs on
-transformed 4x4 tiles, 2.25x fewer multiplies, streamed in chunks of tile rows within
-:data:`WINOGRAD_BUDGET_BYTES`. Its results are not the direct path's bits; they stay within the
-float32 error bound derived and tested in ``tests/test_winograd.py``. Off by default until the
-model-level parity suites have been run with it on.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,43 +35,10 @@ from numpy.lib.stride_tricks import as_strided
 from npfrcnn._validate import as_float_array, check_backend, check_positive_int
 from npfrcnn.ops._backend import kernel_module
 
-__all__ = [
-    "conv2d", "conv_output_size", "same_padding", "IM2COL_BUDGET_BYTES", "WINOGRAD",
-    "WINOGRAD_BUDGET_BYTES", "WINOGRAD_MIN_CHANNELS", "uses_winograd",
-]
+__all__ = ["conv2d", "conv_output_size", "same_padding", "IM2COL_BUDGET_BYTES"]
 
 #: Largest im2col (patch) buffer one :func:`conv2d` call allocates, in bytes.
 IM2COL_BUDGET_BYTES = 64 * 2**20
-
-
-def _winograd_from_env() -> bool:
-    """``NPFRCNN_CONV``: unset, ``""`` or ``"direct"`` -> off; ``"winograd"`` -> on."""
-    value = os.environ.get("NPFRCNN_CONV", "").strip().lower()
-    if value in ("", "direct"):
-        return False
-    if value == "winograd":
-        return True
-    raise ValueError(
-        f"NPFRCNN_CONV={os.environ['NPFRCNN_CONV']!r} is not a convolution mode; set "
-        "NPFRCNN_CONV=winograd (Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions on the cpu "
-        "backend) or NPFRCNN_CONV=direct / unset it (im2col + GEMM everywhere, the default: the "
-        "cpu backend bitwise equal to the numpy one)"
-    )
-
-
-#: Whether the ``cpu`` backend runs 3x3 stride-1 convolutions as Winograd F(2x2, 3x3) (module
-#: docstring). Off by default (opt-in while the model-level parity suites are not yet run with
-#: it); read from ``NPFRCNN_CONV`` at import (``winograd`` turns it on); assign
-#: ``npfrcnn.ops.conv.WINOGRAD = True`` to turn it on in a running process.
-WINOGRAD = _winograd_from_env()
-
-#: The fewest input and output channels for which Winograd is used (below, the transforms
-#: cost more than the multiplies they save; measured in benchmarks/RESULTS.md).
-WINOGRAD_MIN_CHANNELS = 16
-
-#: Largest pair of Winograd buffers (transformed input tiles ``V`` + products ``M``) one
-#: :func:`conv2d` call allocates, in bytes: small enough to stay in the last-level cache.
-WINOGRAD_BUDGET_BYTES = 4 * 2**20
 
 Padding = str | Sequence[Sequence[int]]
 
@@ -241,9 +199,7 @@ def conv2d(
         )
 
     out = np.empty((n, ho, wo, cout), dtype=np.float32)
-    if n > 0 and backend == "cpu" and uses_winograd(ka.shape, (sh, sw), (dh, dw)):
-        _conv_winograd(xa, ka, ba, out, (pt, pl))
-    elif n > 0:
+    if n > 0:
         pads = ((pt, pb), (pl, pr))
         _conv_blas(xa, ka, out, (sh, sw), (dh, dw), pads, backend)
         if ba is not None and backend == "cpu":  # + bias, in parallel: the same float32 adds
@@ -253,60 +209,6 @@ def conv2d(
         elif ba is not None:
             out += ba
     return out
-
-
-def uses_winograd(
-    kernel_shape: tuple[int, ...], strides: tuple[int, int], dilations: tuple[int, int]
-) -> bool:
-    """Whether ``backend="cpu"`` computes this convolution as Winograd F(2x2, 3x3).
-
-    When :data:`WINOGRAD` is on, for a ``3x3`` kernel, stride 1, dilation 1 and at least
-    :data:`WINOGRAD_MIN_CHANNELS` input and output channels (any batch, size and padding).
-    """
-    kh, kw, cin, cout = kernel_shape
-    return (
-        WINOGRAD
-        and kh == 3 and kw == 3
-        and tuple(strides) == (1, 1) and tuple(dilations) == (1, 1)
-        and min(cin, cout) >= WINOGRAD_MIN_CHANNELS
-    )
-
-
-def _conv_winograd(
-    x: npt.NDArray[np.float32],
-    kernel: npt.NDArray[np.float32],
-    bias: npt.NDArray[np.float32] | None,
-    out: npt.NDArray[np.float32],
-    pads: tuple[int, int],
-) -> None:
-    """Fill ``out`` [N, Ho, Wo, Cout] by Winograd F(2x2, 3x3), bias included; inputs validated.
-
-    The output is cut into 2x2 tiles, ``ceil(Ho/2) * ceil(Wo/2)`` per image
-    (``npfrcnn.kernels.cpu.winograd``), and streamed in chunks of tile rows (across images
-    when they are small) so that ``V [16, T, Cin]`` and ``M [16, T, Cout]`` together stay
-    within :data:`WINOGRAD_BUDGET_BYTES`; each chunk is an input transform, 16 BLAS GEMMs
-    ``V[k] @ U[k]`` and an output transform that crops the last half tiles and adds the bias.
-    """
-    wk = kernel_module("cpu", "winograd")
-    n, ho, wo, cout = out.shape
-    cin = x.shape[3]
-    pt, pl = pads
-    th, tw = -(-ho // 2), -(-wo // 2)
-    u = wk.kernel_transform(kernel)  # [16, Cin, Cout]
-    row_bytes = 16 * tw * (cin + cout) * 4
-    rows = min(max(1, WINOGRAD_BUDGET_BYTES // row_bytes), n * th)
-    vbuf = np.empty(16 * rows * tw * cin, dtype=np.float32)
-    mbuf = np.empty(16 * rows * tw * cout, dtype=np.float32)
-    has_bias = bias is not None
-    b = bias if bias is not None else np.empty(0, dtype=np.float32)
-    for g0 in range(0, n * th, rows):
-        g1 = min(g0 + rows, n * th)
-        t = (g1 - g0) * tw
-        v = vbuf[: 16 * t * cin].reshape(16, t, cin)
-        m = mbuf[: 16 * t * cout].reshape(16, t, cout)
-        wk.input_transform(x, g0, g1, th, tw, pt, pl, v)
-        np.matmul(v, u, out=m)  # 16 GEMMs [T, Cin] @ [Cin, Cout]
-        wk.output_transform(m, g0, g1, th, tw, b, has_bias, out)
 
 
 def _conv_blas(
