@@ -27,6 +27,27 @@ import importlib.util
 import pytest
 from hypothesis import HealthCheck, settings
 
+#: Thread-count variables as this process started. A Dask LocalCluster's Nanny (in this
+#: process) leaves its workers' pre-spawn values (``NUMBA/OMP/OPENBLAS_NUM_THREADS=1``) in
+#: ``os.environ``; a later test's subprocess would then run its BLAS with another thread count
+#: than this process did, and on some CPUs sgemm's bits depend on it.
+_THREAD_ENV = {v: os.environ.get(v) for v in (
+    "NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+    "MALLOC_TRIM_THRESHOLD_",
+)}
+
+
+@pytest.fixture(autouse=True)
+def _restore_thread_environment():
+    yield
+    for var, value in _THREAD_ENV.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
+
+
+
 # Both oracles, TensorFlow and torch, run in one pytest process. Once TensorFlow is loaded,
 # torchvision's first import (torch._dynamo -> triton) crashes the process with a segmentation
 # fault, so torch and torchvision are imported first, before any test module imports TF.
