@@ -30,7 +30,6 @@ pytest.importorskip("distributed")
 from PIL import Image  # noqa: E402
 
 from npfrcnn.distributed import DaskError, DaskExecutor  # noqa: E402
-from npfrcnn.image import load  # noqa: E402
 from npfrcnn.model import FasterRCNN  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
