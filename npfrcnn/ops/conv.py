@@ -15,16 +15,37 @@ results agree to summation-order rounding (bounded by ``2 * K * eps32 * sum(|x| 
 bitwise equal whenever every partial sum is exact (e.g. small integers). The bias is added after
 the convolution, in float32, as ``tf.nn.bias_add`` does.
 
-Backends: ``"numpy"`` and ``"cpu"`` run the same GEMMs on the same patch matrices, so they give
-the same bits. ``"numpy"`` builds the patches with NumPy copies (a zero-padded copy of the input,
+Winograd (``"cpu"`` only, on by default): a 3x3 convolution with stride 1, dilation 1 and at
+least :data:`WINOGRAD_MIN_CHANNELS` input and output channels (any batch, size and padding) is
+computed as Winograd F(2x2, 3x3) (``npfrcnn.kernels.cpu.winograd``): every 2x2 output tile from
+its 4x4 input tile as ``A^T [(G g G^T) . (B^T d B)] A``, i.e. 16 GEMMs ``[T, Cin] @ [Cin,
+Cout]`` on transformed tiles, 16 multiplies per tile and channel pair instead of 36 (2.25x
+fewer). The tiles are streamed in chunks of tile rows whose transformed input ``V`` and products
+``M`` stay within :data:`WINOGRAD_BUDGET_BYTES` (cache-sized: measured fastest). These are the
+ResNet bottlenecks' stride-1 3x3 convs, the FPN output convs and the RPN conv: on 2 cores they
+run at the sgemm ceiling directly, so only fewer multiplies make them faster (timings in
+benchmarks/RESULTS.md). Its results are **not** the direct path's bits: each output carries a
+different float32 rounding error, within ``(Cin + 7) eps S`` with ``S`` the Winograd magnitude
+(about 7x ``sum |x| |w|``), against the direct path's ``9 Cin eps sum |x| |w|``; the derivation
+and the measured errors (the same order as the direct path's) are in ``tests/test_winograd.py``.
+An ``inf`` or NaN in the input spreads to the whole 2x2 tiles that read it. Set
+``NPFRCNN_CONV=direct`` in the environment (read at import) or ``WINOGRAD = False`` here for the
+direct path everywhere, e.g. to have ``"cpu"`` give ``"numpy"``'s bits.
+
+Backends: ``"numpy"`` is the reference, im2col + GEMM for every convolution. ``"cpu"`` runs the
+same GEMMs on the same patch matrices for every convolution that does not take the Winograd
+path (all of them with ``NPFRCNN_CONV=direct``), so there they give the same bits. ``"numpy"``
+builds the patches with NumPy copies (a zero-padded copy of the input,
 then a strided view copied into the buffer); ``"cpu"`` gathers them with a parallel Numba kernel
 straight from the unpadded input, gathers a strided 1x1 convolution's input in parallel, and
 adds the bias in parallel (``npfrcnn.kernels.cpu.conv``). A Numba GEMM would be both slower than
 the BLAS and no closer to TF's summation order. ``"cuda"`` is not provided by this front door.
+
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,10 +56,46 @@ from numpy.lib.stride_tricks import as_strided
 from npfrcnn._validate import as_float_array, check_backend, check_positive_int
 from npfrcnn.ops._backend import kernel_module
 
-__all__ = ["conv2d", "conv_output_size", "same_padding", "IM2COL_BUDGET_BYTES"]
+__all__ = [
+    "conv2d", "conv_output_size", "same_padding", "IM2COL_BUDGET_BYTES", "WINOGRAD",
+    "WINOGRAD_BUDGET_BYTES", "WINOGRAD_MIN_CHANNELS", "uses_winograd",
+]
 
 #: Largest im2col (patch) buffer one :func:`conv2d` call allocates, in bytes.
 IM2COL_BUDGET_BYTES = 64 * 2**20
+
+
+def _winograd_from_env() -> bool:
+    """``NPFRCNN_CONV``: unset, ``""``, ``"auto"`` or ``"winograd"`` -> on; ``"direct"`` -> off."""
+    value = os.environ.get("NPFRCNN_CONV", "").strip().lower()
+    if value in ("", "auto", "winograd"):
+        return True
+    if value == "direct":
+        return False
+    raise ValueError(
+        f"NPFRCNN_CONV={os.environ['NPFRCNN_CONV']!r} is not a convolution mode; set "
+        "NPFRCNN_CONV=direct (im2col + GEMM everywhere: the cpu backend bitwise equal to the "
+        "numpy one) or unset it (the default: Winograd F(2x2, 3x3) for 3x3 stride-1 "
+        "convolutions on the cpu backend)"
+    )
+
+
+#: Whether the ``cpu`` backend runs 3x3 stride-1 convolutions as Winograd F(2x2, 3x3) (module
+#: docstring). On by default; read from ``NPFRCNN_CONV`` at import (``direct`` turns it off);
+#: assign ``npfrcnn.ops.conv.WINOGRAD = False`` to turn it off in a running process.
+WINOGRAD = _winograd_from_env()
+
+#: The fewest input and output channels for which Winograd is used (below, the transforms
+#: cost more than the multiplies they save; measured in benchmarks/RESULTS.md).
+WINOGRAD_MIN_CHANNELS = 16
+
+#: Largest pair of Winograd buffers (transformed input tiles ``V`` + products ``M``) one
+#: :func:`conv2d` call allocates, in bytes. Larger chunks mean taller GEMMs, which the BLAS runs
+#: faster: measured on 2 cores (AMD EPYC), a 3x3 512 -> 512 conv over 256 RoIs of 7x7 took
+#: 550 ms at 4 MiB (the direct path: 515 to 610 ms), 390 ms at 32 MiB and 340 ms at 128 MiB;
+#: the 200x336 FPN level 430 ms at 32 MiB against 780 to 860 ms direct. 32 MiB: half the
+#: direct path's :data:`IM2COL_BUDGET_BYTES`, so the peak memory does not grow.
+WINOGRAD_BUDGET_BYTES = 32 * 2**20
 
 Padding = str | Sequence[Sequence[int]]
 
@@ -156,7 +213,9 @@ def conv2d(
             ``((top, bottom), (left, right))``.
         dilations: an int or ``(dh, dw)``, positive; ``k_eff = (k - 1) * d + 1``.
         backend: ``"numpy"`` or ``"cpu"``; both run the BLAS GEMMs described in the module
-            docstring (same bits), ``"cpu"`` with its copies done on every core.
+            docstring, ``"cpu"`` with its copies done on every core and 3x3 stride-1
+            convolutions as Winograd F(2x2, 3x3) (other bits, within the bound in the module
+            docstring) unless ``NPFRCNN_CONV=direct``.
 
     Returns:
         ``[N, Ho, Wo, Cout]`` float32 with ``Ho = (H + pad_h - k_eff_h) // sh + 1``
@@ -199,7 +258,9 @@ def conv2d(
         )
 
     out = np.empty((n, ho, wo, cout), dtype=np.float32)
-    if n > 0:
+    if n > 0 and backend == "cpu" and uses_winograd(ka.shape, (sh, sw), (dh, dw)):
+        _conv_winograd(xa, ka, ba, out, (pt, pl))
+    elif n > 0:
         pads = ((pt, pb), (pl, pr))
         _conv_blas(xa, ka, out, (sh, sw), (dh, dw), pads, backend)
         if ba is not None and backend == "cpu":  # + bias, in parallel: the same float32 adds
@@ -209,6 +270,61 @@ def conv2d(
         elif ba is not None:
             out += ba
     return out
+
+
+def uses_winograd(
+    kernel_shape: tuple[int, ...], strides: tuple[int, int], dilations: tuple[int, int]
+) -> bool:
+    """Whether ``backend="cpu"`` computes this convolution as Winograd F(2x2, 3x3).
+
+    When :data:`WINOGRAD` is on, for a ``3x3`` kernel, stride 1, dilation 1 and at least
+    :data:`WINOGRAD_MIN_CHANNELS` input and output channels (any batch, size and padding).
+    """
+    kh, kw, cin, cout = kernel_shape
+    return (
+        WINOGRAD
+        and kh == 3 and kw == 3
+        and tuple(strides) == (1, 1) and tuple(dilations) == (1, 1)
+        and min(cin, cout) >= WINOGRAD_MIN_CHANNELS
+    )
+
+
+def _conv_winograd(
+    x: npt.NDArray[np.float32],
+    kernel: npt.NDArray[np.float32],
+    bias: npt.NDArray[np.float32] | None,
+    out: npt.NDArray[np.float32],
+    pads: tuple[int, int],
+) -> None:
+    """Fill ``out`` [N, Ho, Wo, Cout] by Winograd F(2x2, 3x3), bias included; inputs validated.
+
+    The output is cut into 2x2 tiles, ``ceil(Ho/2) * ceil(Wo/2)`` per image
+    (``npfrcnn.kernels.cpu.winograd``), and streamed in chunks of tile rows (across images
+    when they are small) so that ``V [16, T, Cin]`` and ``M [16, T, Cout]`` together stay
+    within :data:`WINOGRAD_BUDGET_BYTES`; each chunk is an input transform, 16 BLAS GEMMs
+    ``V[k] @ U[k]`` and an output transform that crops the last half tiles and adds the bias.
+    """
+    wk = kernel_module("cpu", "winograd")
+    n, ho, wo, cout = out.shape
+    cin = x.shape[3]
+    pt, pl = pads
+    th, tw = -(-ho // 2), -(-wo // 2)
+    u = np.empty((16, cin, cout), dtype=np.float32)
+    wk.kernel_transform(kernel, u)  # U = G g G^T, [16, Cin, Cout]
+    row_bytes = 16 * tw * (cin + cout) * 4
+    rows = min(max(1, WINOGRAD_BUDGET_BYTES // row_bytes), n * th)
+    vbuf = np.empty(16 * rows * tw * cin, dtype=np.float32)
+    mbuf = np.empty(16 * rows * tw * cout, dtype=np.float32)
+    has_bias = bias is not None
+    b = bias if bias is not None else np.empty(0, dtype=np.float32)
+    for g0 in range(0, n * th, rows):
+        g1 = min(g0 + rows, n * th)
+        t = (g1 - g0) * tw
+        v = vbuf[: 16 * t * cin].reshape(16, t, cin)
+        m = mbuf[: 16 * t * cout].reshape(16, t, cout)
+        wk.input_transform(x, g0, g1, th, tw, pt, pl, v)
+        np.matmul(v, u, out=m)  # 16 GEMMs [T, Cin] @ [Cin, Cout]
+        wk.output_transform(m, g0, g1, th, tw, b, has_bias, out)
 
 
 def _conv_blas(
