@@ -262,10 +262,14 @@ def test_every_stage_matches_torchvision_within_rounding(run):
                 np.testing.assert_array_equal(got, want, err_msg=name)
             else:
                 rel[name] = _close(name, got, want)
-    # measured on this image: the detections' NMS order swaps one pair of class-2 candidates
-    # whose scores differ by 6e-8 (torch: 0.06963503 < 0.06963509), less than the rounding of
-    # ORT's scores; everything else is in the same order
-    assert swapped == {"proposals/topk": 0, "proposals/keep": 0, "detections/keep": 2}
+    # measured on this image: the detections' NMS order may swap one pair of class-2
+    # candidates whose scores differ by 6e-8 (torch: 0.06963503 < 0.06963509), less than the
+    # rounding of ORT's scores (checked above: every swap is such a near tie). Whether it does
+    # depends on the rounding of that run: on an AMD EPYC family 26 it swaps in the whole
+    # suite and not when this file runs alone (other thread counts for torch and MLAS).
+    # Everything else is in the same order.
+    assert swapped["proposals/topk"] == 0 and swapped["proposals/keep"] == 0
+    assert swapped["detections/keep"] in (0, 2)
     # rounding, not bitwise: the convolutions' accumulation order differs (MLAS vs oneDNN)
     assert rel["features/0"] > 0 and rel["pooled"] > 0
     # the anchors are computed from shapes only: bitwise
