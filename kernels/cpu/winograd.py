@@ -61,34 +61,44 @@ def kernel_transform(g, u):  # pragma: no cover - compiled
     result rounded to float32 once. Parallel over ``ci``; the inner loop runs along ``co``.
     """
     cin, cout = g.shape[2], g.shape[3]
+    h = 0.5
     for ci in prange(cin):
         for co in range(cout):
-            # rows of G g: [4 (a), 3 (j)]
-            r0j0 = np.float64(g[0, 0, ci, co])
-            r0j1 = np.float64(g[0, 1, ci, co])
-            r0j2 = np.float64(g[0, 2, ci, co])
-            r1j0 = np.float64(g[1, 0, ci, co])
-            r1j1 = np.float64(g[1, 1, ci, co])
-            r1j2 = np.float64(g[1, 2, ci, co])
-            r2j0 = np.float64(g[2, 0, ci, co])
-            r2j1 = np.float64(g[2, 1, ci, co])
-            r2j2 = np.float64(g[2, 2, ci, co])
-            gg = (
-                (r0j0, r0j1, r0j2),
-                ((0.5 * r0j0 + 0.5 * r1j0) + 0.5 * r2j0,
-                 (0.5 * r0j1 + 0.5 * r1j1) + 0.5 * r2j1,
-                 (0.5 * r0j2 + 0.5 * r1j2) + 0.5 * r2j2),
-                ((0.5 * r0j0 - 0.5 * r1j0) + 0.5 * r2j0,
-                 (0.5 * r0j1 - 0.5 * r1j1) + 0.5 * r2j1,
-                 (0.5 * r0j2 - 0.5 * r1j2) + 0.5 * r2j2),
-                (r2j0, r2j1, r2j2),
-            )
-            for a in range(4):
-                q0, q1, q2 = gg[a]
-                u[4 * a, ci, co] = np.float32(q0)
-                u[4 * a + 1, ci, co] = np.float32((0.5 * q0 + 0.5 * q1) + 0.5 * q2)
-                u[4 * a + 2, ci, co] = np.float32((0.5 * q0 - 0.5 * q1) + 0.5 * q2)
-                u[4 * a + 3, ci, co] = np.float32(q2)
+            g00 = np.float64(g[0, 0, ci, co])
+            g01 = np.float64(g[0, 1, ci, co])
+            g02 = np.float64(g[0, 2, ci, co])
+            g10 = np.float64(g[1, 0, ci, co])
+            g11 = np.float64(g[1, 1, ci, co])
+            g12 = np.float64(g[1, 2, ci, co])
+            g20 = np.float64(g[2, 0, ci, co])
+            g21 = np.float64(g[2, 1, ci, co])
+            g22 = np.float64(g[2, 2, ci, co])
+            # the row pass, G g: rows a = 0..3, columns j = 0..2
+            p0, p1, p2 = g00, g01, g02
+            q0 = (h * g00 + h * g10) + h * g20
+            q1 = (h * g01 + h * g11) + h * g21
+            q2 = (h * g02 + h * g12) + h * g22
+            r0 = (h * g00 - h * g10) + h * g20
+            r1 = (h * g01 - h * g11) + h * g21
+            r2 = (h * g02 - h * g12) + h * g22
+            s0, s1, s2 = g20, g21, g22
+            # the column pass, (G g) G^T: columns b = 0..3
+            u[0, ci, co] = np.float32(p0)
+            u[1, ci, co] = np.float32((h * p0 + h * p1) + h * p2)
+            u[2, ci, co] = np.float32((h * p0 - h * p1) + h * p2)
+            u[3, ci, co] = np.float32(p2)
+            u[4, ci, co] = np.float32(q0)
+            u[5, ci, co] = np.float32((h * q0 + h * q1) + h * q2)
+            u[6, ci, co] = np.float32((h * q0 - h * q1) + h * q2)
+            u[7, ci, co] = np.float32(q2)
+            u[8, ci, co] = np.float32(r0)
+            u[9, ci, co] = np.float32((h * r0 + h * r1) + h * r2)
+            u[10, ci, co] = np.float32((h * r0 - h * r1) + h * r2)
+            u[11, ci, co] = np.float32(r2)
+            u[12, ci, co] = np.float32(s0)
+            u[13, ci, co] = np.float32((h * s0 + h * s1) + h * s2)
+            u[14, ci, co] = np.float32((h * s0 - h * s1) + h * s2)
+            u[15, ci, co] = np.float32(s2)
 
 
 #: Row ``a`` of ``B^T`` has two non-zeros: ``(B^T d)[a] = d[I0[a]] + S[a] * d[I1[a]]``.
