@@ -292,16 +292,22 @@ def nms(
         thr, limit, st = _scalars(n, iou_threshold, max_output_size, score_threshold)
         cuda_nms = backend_kernel(backend, "nms", "nms")
         return cuda_nms(boxes, scores, float(thr), limit, float(st))
+    if backend == "cpu":  # flushing and the candidates' sort compiled with the NMS itself
+        b = as_boxes("boxes", boxes)
+        s = as_scores("scores", scores, b.shape[0])
+        thr, limit, st = _scalars(b.shape[0], iou_threshold, max_output_size, score_threshold)
+        if b.shape[0] == 0 or limit == 0:
+            return np.zeros(0, np.int64)
+        kernel = backend_kernel(backend, "nms", "nms_unflushed")
+        return np.asarray(kernel(np.ascontiguousarray(b), s, st, thr, limit), dtype=np.int64)
     b, s, thr, limit, st = _prepare(boxes, scores, iou_threshold, max_output_size, score_threshold)
     if b.shape[0] == 0 or limit == 0:
         return np.zeros(0, np.int64)
     if backend == "numpy":
         return _reference(b, s, limit, thr, st, F32(0.0))[0]
-    if backend == "cuda":  # the whole pipeline, score sort included, runs on the device
-        cuda_nms = backend_kernel(backend, "nms", "nms")
-        return np.asarray(cuda_nms(b, s, thr, limit, st), dtype=np.int64)
-    kernel = backend_kernel(backend, "nms", "nms_kernel")
-    return np.asarray(kernel(b, _candidates(s, st), thr, limit), dtype=np.int64)
+    # cuda: the whole pipeline, score sort included, runs on the device
+    cuda_nms = backend_kernel(backend, "nms", "nms")
+    return np.asarray(cuda_nms(b, s, thr, limit, st), dtype=np.int64)
 
 
 def soft_nms(
