@@ -144,7 +144,7 @@ def nms_kernel(boxes, order, iou_threshold, max_output_size):  # pragma: no cove
 
 
 @njit(cache=True, error_model="numpy")
-def nms_unflushed(boxes, scores, score_threshold, iou_threshold, max_output_size):  # pragma: no cover
+def nms_unflushed(boxes, scores, score_threshold, iou_threshold, max_output_size):  # noqa: E501  # pragma: no cover
     """:func:`nms_kernel` on validated but unflushed inputs, the front door's NumPy steps done
     here in one compiled call (fewer passes and temporaries on small inputs):
 
