@@ -52,12 +52,12 @@ _CHILD = textwrap.dedent(
         from npfrcnn.kernels.cpu import nms
 
         out = {"npfrcnn": npfrcnn.__file__, "kernels": nms.__file__,
-               "cache_path": nms.nms_kernel.stats.cache_path}
+               "cache_path": nms.nms_unflushed.stats.cache_path}
         if mode == "run":
             boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]], np.float32)
             scores = np.array([0.9, 0.8, 0.7], np.float32)
             out["keep"] = ops.nms(boxes, scores, 0.5, backend="cpu").tolist()
-            stats = nms.nms_kernel.stats
+            stats = nms.nms_unflushed.stats
             out["hits"] = sum(stats.cache_hits.values())
             out["misses"] = sum(stats.cache_misses.values())
     out["warnings"] = [str(w.message) for w in caught
@@ -333,7 +333,8 @@ DAMAGE = {
 
 @pytest.fixture(scope="module")
 def pristine(sandbox: Sandbox) -> Path:
-    """A cache folder holding ``nms_kernel``, written by an unprivileged process."""
+    """A cache folder holding ``nms_unflushed`` (the kernel ``ops.nms`` calls on cpu), written
+    by an unprivileged process."""
     cache = sandbox.folder("pristine-cache")
     out = sandbox.child("run", env={"NUMBA_CACHE_DIR": str(cache)})
     assert out["misses"] >= 1, out
@@ -346,7 +347,7 @@ def test_a_damaged_cache_entry_is_recompiled_and_rewritten(fresh, pristine, requ
     shutil.copytree(pristine, cache)
     fresh.give(cache)
     suffix, spoil = DAMAGE[damage]
-    spoiled = [p for p in cache.rglob(f"nms.nms_kernel-*{suffix}")]
+    spoiled = [p for p in cache.rglob(f"nms.nms_unflushed-*{suffix}")]
     assert spoiled, sorted(cache.rglob("*"))
     for path in spoiled:
         spoil(path)
