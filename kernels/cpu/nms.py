@@ -6,7 +6,8 @@ same operation order, suppression when ``IoU > iou_threshold`` (float32 comparis
 taken by descending score with equal scores broken by the lower index.
 
 TF runs its CPU kernels with denormals flushed to zero (FTZ and DAZ set in its threads).
-The caller flushes the inputs (boxes, ordering scores, thresholds); these kernels flush every
+The caller flushes the inputs (boxes, ordering scores, thresholds), except for
+:func:`nms_unflushed`, which flushes the boxes and scores itself; these kernels flush every
 intermediate that can come out subnormal, so that tiny boxes behave as in TF (an area that
 underflows is 0, and such a box never suppresses).
 
@@ -144,7 +145,9 @@ def nms_kernel(boxes, order, iou_threshold, max_output_size):  # pragma: no cove
 
 
 @njit(cache=True, error_model="numpy")
-def nms_unflushed(boxes, scores, score_threshold, iou_threshold, max_output_size):  # noqa: E501  # pragma: no cover
+def nms_unflushed(  # pragma: no cover - compiled
+    boxes, scores, score_threshold, iou_threshold, max_output_size
+):
     """:func:`nms_kernel` on validated but unflushed inputs, the front door's NumPy steps done
     here in one compiled call (fewer passes and temporaries on small inputs):
 

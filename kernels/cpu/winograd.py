@@ -46,7 +46,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-#: ``B^T``, ``G``, ``A^T`` of F(2x2, 3x3), float64 (exact).
+#: ``B^T``, ``G``, ``A^T`` of F(2x2, 3x3), float64 (exact). The transforms below write their
+#: entries out by hand; tests/test_winograd.py checks each transform against these matrices.
 BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
 AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)

@@ -299,7 +299,7 @@ def nms(
         if b.shape[0] == 0 or limit == 0:
             return np.zeros(0, np.int64)
         kernel = backend_kernel(backend, "nms", "nms_unflushed")
-        return np.asarray(kernel(np.ascontiguousarray(b), s, st, thr, limit), dtype=np.int64)
+        return np.asarray(kernel(b, s, st, thr, limit), dtype=np.int64)
     b, s, thr, limit, st = _prepare(boxes, scores, iou_threshold, max_output_size, score_threshold)
     if b.shape[0] == 0 or limit == 0:
         return np.zeros(0, np.int64)
